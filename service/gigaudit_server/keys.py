@@ -1,0 +1,59 @@
+"""Every Redis key gigaudit uses is built here, under one prefix."""
+from __future__ import annotations
+
+PREFIX = "gigaudit"
+
+
+def _key(*parts: str) -> str:
+    return ":".join((PREFIX, *parts))
+
+
+# --- jobs (gigaudit_server.jobs) ---------------------------------------------------------------
+def job(job_id: str) -> str:
+    """Hash: state, progress, attempt, worker, params, result, error."""
+    return _key("job", job_id)
+
+
+def job_index() -> str:
+    """Sorted set of job ids by creation time."""
+    return _key("jobs")
+
+
+def stream() -> str:
+    """Stream of job deliveries, read by the worker consumer group."""
+    return _key("stream")
+
+
+def consumer_group() -> str:
+    return "workers"
+
+
+def dead_letters() -> str:
+    """Stream of jobs that failed too often."""
+    return _key("dead")
+
+
+def heartbeat(worker: str) -> str:
+    """String with a TTL, refreshed by a live worker."""
+    return _key("worker", worker, "alive")
+
+
+def request(request_id: str) -> str:
+    """String: the resource or job a request id already created (AIP-155)."""
+    return _key("request", request_id)
+
+
+# --- resources (gigaudit_server catalog) -------------------------------------------------------
+def resource(collection: str, resource_id: str) -> str:
+    """Hash of one resource's metadata, e.g. ``resource("models", "resnet")``."""
+    return _key(collection, resource_id)
+
+
+def collection(name: str) -> str:
+    """Sorted set of the ids in a collection by creation time."""
+    return _key(name, "index")
+
+
+def usage(collection_name: str, resource_id: str) -> str:
+    """Set of job ids that use a resource (deleting it is refused while not empty)."""
+    return _key(collection_name, resource_id, "users")
