@@ -157,11 +157,14 @@ class TracedModel:
             env: dict[fx.Node, fx.Node] = {}
             wanted = [self._out_node[n] for n in key] + [self._logits]
             needed = self._ancestors(wanted)
+            captured: dict[fx.Node, fx.Node] = {}
             for node in self.graph.nodes:
                 if node in needed:
                     env[node] = graph.node_copy(node, lambda n: env[n])
-            outputs = {name: self._guard_inplace(graph, env, self._out_node[name]) for name in key}
-            outputs[LOGITS] = env[self._logits]
+                    if node in wanted:
+                        captured[node] = self._guard_inplace(graph, env[node], node)
+            outputs = {name: captured[self._out_node[name]] for name in key}
+            outputs[LOGITS] = captured[self._logits]
             graph.output(outputs)
             self._prefixes[key] = fx.GraphModule(self.graph_module, graph)
         return self._prefixes[key]
@@ -215,12 +218,12 @@ class TracedModel:
                 stack.extend(n.users)
         return seen
 
-    def _guard_inplace(self, graph: fx.Graph, env, node: fx.Node) -> fx.Node:
+    def _guard_inplace(self, graph: fx.Graph, copy: fx.Node, node: fx.Node) -> fx.Node:
         """Clone a captured output that a later in-place module (``ReLU(inplace=True)``) would overwrite."""
         for user in node.users:
             if user.op == "call_module" and getattr(self.graph_module.get_submodule(user.target), "inplace", False):
-                return graph.call_method("clone", (env[node],))
-        return env[node]
+                return graph.call_method("clone", (copy,))
+        return copy
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, TracedModel]" = weakref.WeakKeyDictionary()
