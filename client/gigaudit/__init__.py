@@ -1,0 +1,1 @@
+"""gigaudit: the thin client of the gigaudit audit service (no torch)."""
