@@ -1,7 +1,10 @@
 """Every Redis key gigaudit uses is built here, under one prefix."""
 from __future__ import annotations
 
-PREFIX = "gigaudit"
+import os
+
+# Configurable so that tests (and several deployments on one Redis) can keep their keys apart.
+PREFIX = os.environ.get("GIGAUDIT_KEY_PREFIX", "gigaudit")
 
 
 def _key(*parts: str) -> str:
@@ -38,6 +41,11 @@ def heartbeat(worker: str) -> str:
     return _key("worker", worker, "alive")
 
 
+def job_events(job_id: str) -> str:
+    """Pub/sub channel announcing every change of a job (wakes up ``JobQueue.watch``)."""
+    return _key("job", job_id, "events")
+
+
 def request(request_id: str) -> str:
     """String: the resource or job a request id already created (AIP-155)."""
     return _key("request", request_id)
@@ -57,3 +65,8 @@ def collection(name: str) -> str:
 def usage(collection_name: str, resource_id: str) -> str:
     """Set of job ids that use a resource (deleting it is refused while not empty)."""
     return _key(collection_name, resource_id, "users")
+
+
+def architectures() -> str:
+    """Set of the architecture names that workers can build (published by workers, read by the torch-free API)."""
+    return _key("architectures")
