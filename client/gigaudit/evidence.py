@@ -1,13 +1,13 @@
-"""Reading the evidence a graph carries (`graph["evidence"]`, DESIGN §1.5) into flat rows and curves.
+"""Reading the evidence a graph carries (`graph["evidence"]`, DESIGN §1.5, written by `gig.evaluation`).
 
 Layout read here (missing parts are simply absent):
-    completeness:   {"a->b": {"delta_mean", "delta_max", "steps", "by_steps": {"16": delta, ...}}}
+    completeness:   {"a->b": {"delta_mean", "delta_max", "steps", "versus_steps": [{"steps", "delta_mean"}, ...]}}
     reconstruction: {"layer": {"relative_error", "l0", "spliced_top1", "spliced_kl"}}
-    deletion / insertion / c_deletion / c_insertion:
-                    {"a->b": {"fractions": [...], "curves": {"gig": [...], "random": [...], ...},
-                              "auc": {"gig": float, "random": float, ...}}}
-The attribution under test is named "gig"; every other curve is a baseline. A deletion curve should fall fast
-(lower AUC is better), an insertion curve should rise fast (higher AUC is better).
+    any section of deletion/insertion reports (e.g. "deletion_insertion"):
+                    {"a->b": {"orders": {"gig": {"deletion_auc", "insertion_auc", "deletion_curve",
+                                                 "insertion_curve"}, "random": {...}, ...}, "n_points"}}
+The ordering under test is "gig"; every other ordering is a baseline. A deletion curve should fall fast (lower AUC
+is better), an insertion curve should rise fast (higher AUC is better).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 METHOD = "gig"
-CURVE_KINDS = {"deletion": "lower", "insertion": "higher", "c_deletion": "lower", "c_insertion": "higher"}
+CURVE_KINDS = {"deletion": "lower", "insertion": "higher"}
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,34 @@ def reconstruction(evidence: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(evidence.get("reconstruction") or {})
 
 
+def curve_sections(evidence: dict[str, Any]) -> list[str]:
+    """Names of the evidence sections that hold deletion/insertion reports."""
+    return [name for name, section in evidence.items() if isinstance(section, dict) and section
+            and all(isinstance(v, dict) and isinstance(v.get("orders"), dict) for v in section.values())]
+
+
 def curve_sets(evidence: dict[str, Any]) -> list[CurveSet]:
-    """Every deletion/insertion curve set in the evidence; AUCs are computed (trapezoid) where not given."""
+    """Every deletion and insertion curve set in the evidence (orderings without rows, i.e. None, are left out)."""
     out = []
-    for kind in CURVE_KINDS:
-        for pair, entry in (evidence.get(kind) or {}).items():
-            curves = {k: [float(v) for v in c] for k, c in (entry.get("curves") or {}).items()}
-            n = max((len(c) for c in curves.values()), default=0)
-            fractions = [float(f) for f in entry.get("fractions") or _even(n)]
-            auc = {k: float(v) for k, v in (entry.get("auc") or {}).items()}
-            for name, curve in curves.items():
-                auc.setdefault(name, _trapezoid(fractions, curve))
-            out.append(CurveSet(kind, pair, fractions, curves, auc))
+    for section in curve_sections(evidence):
+        for pair, report in evidence[section].items():
+            for kind in CURVE_KINDS:
+                curves, auc = {}, {}
+                for order, figures in report["orders"].items():
+                    curve = figures.get(f"{kind}_curve")
+                    if figures.get(f"{kind}_auc") is not None and curve and None not in curve:
+                        curves[order] = [float(v) for v in curve]
+                        auc[order] = float(figures[f"{kind}_auc"])
+                if curves:
+                    n = len(next(iter(curves.values())))
+                    fractions = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
+                    out.append(CurveSet(kind, pair, fractions, curves, auc))
     return out
 
 
 def other_metrics(evidence: dict[str, Any]) -> dict[str, Any]:
     """Evidence not covered above, flattened to 'a.b.c' → scalar, for a generic table."""
-    known = {"completeness", "reconstruction", *CURVE_KINDS}
+    known = {"completeness", "reconstruction", *curve_sections(evidence)}
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -85,13 +95,3 @@ def other_metrics(evidence: dict[str, Any]) -> dict[str, Any]:
         if key not in known:
             walk(key, value)
     return flat
-
-
-def _even(n: int) -> list[float]:
-    return [i / (n - 1) for i in range(n)] if n > 1 else [0.0] * n
-
-
-def _trapezoid(xs: list[float], ys: list[float]) -> float:
-    if len(xs) != len(ys):
-        raise ValueError(f"curve has {len(ys)} points but {len(xs)} fractions")
-    return sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))

@@ -66,18 +66,28 @@ def random_graph(n_layers: int = 2, k: int = 6, n_classes: int = 3, seed: int = 
     return make_graph(edges, layers, k, [f"class{c}" for c in range(n_classes)], evidence=evidence)
 
 
-def full_evidence() -> dict:
+def deletion_report(gig_power: float, baselines: dict[str, float]) -> dict:
+    """A `gig.evaluation` deletion/insertion report whose curves are 1 - f**p (deletion) and f**p (insertion)."""
     fr = [i / 10 for i in range(11)]
+    orders = {}
+    for name, power in {"gig": gig_power, **baselines}.items():
+        deletion, insertion = [1 - f ** power for f in fr], [f ** power for f in fr]
+        orders[name] = {"deletion_curve": deletion, "insertion_curve": insertion,
+                        "deletion_auc": 1 - 1 / (1 + power), "insertion_auc": 1 / (1 + power)}
+    return {"orders": orders, "n_rows": 8, "n_points": 10}
+
+
+def full_evidence() -> dict:
+    versus = [{"steps": 8, "delta_mean": 0.02, "delta_max": 0.08}, {"steps": 16, "delta_mean": 0.004, "delta_max": 0.02},
+              {"steps": 32, "delta_mean": 0.001, "delta_max": 0.005}]
     return {
-        "completeness": {"features.0->features.1": {"delta_mean": 0.004, "delta_max": 0.02, "steps": 16,
-                                                     "by_steps": {"8": 0.02, "16": 0.004, "32": 0.001}},
+        "completeness": {"features.0->features.1": {"dataset_delta": 0.003, "delta_mean": 0.004, "delta_max": 0.02,
+                                                     "steps": 16, "versus_steps": versus},
                          "features.1->logits": {"delta_mean": 0.01, "delta_max": 0.05, "steps": 16}},
         "reconstruction": {"features.0": {"relative_error": 0.2, "l0": 0.05, "spliced_top1": 0.97, "spliced_kl": 0.01},
                            "features.1": {"relative_error": 0.3, "l0": 0.07, "spliced_top1": 0.93, "spliced_kl": 0.03}},
-        "deletion": {"features.0->features.1": {"fractions": fr, "curves": {
-            "gig": [1 - f ** 0.3 for f in fr], "random": [1 - f for f in fr], "abs_u": [1 - f ** 0.7 for f in fr]}}},
-        "insertion": {"features.1->logits": {"fractions": fr, "curves": {
-            "gig": [f ** 0.3 for f in fr], "random": [f for f in fr]}}},
+        "deletion_insertion": {"features.0->features.1": deletion_report(0.3, {"random": 1.0, "abs_coefficient": 0.7}),
+                               "features.1->logits": deletion_report(0.5, {"random": 1.0})},
         "stability": {"matched_cosine": 0.91},
     }
 

@@ -54,14 +54,14 @@ def test_evidence_thresholds(graph):
 def test_baselines_must_be_beaten(graph):
     assert evaluate_policy({"evidence": {"beats_baselines": True}}, graph).passed
     worse = copy.deepcopy(graph)
-    curves = worse["evidence"]["deletion"]["features.0->features.1"]["curves"]
-    curves["gig"] = [1.0 - 0.5 * f for f in worse["evidence"]["deletion"]["features.0->features.1"]["fractions"]]
+    gig = worse["evidence"]["deletion_insertion"]["features.0->features.1"]["orders"]["gig"]
+    gig["deletion_auc"] = 0.45  # between abs_coefficient (0.41) and random (0.5)
     result = evaluate_policy({"evidence": {"beats_baselines": True}}, worse)
     failed = result.failures
     assert [c.name for c in failed] == ["deletion[features.0->features.1]"]
-    assert failed[0].value == pytest.approx(0.75) and "abs_u" in failed[0].detail
+    assert failed[0].value == pytest.approx(0.45) and "abs_coefficient" in failed[0].detail
     margin = evaluate_policy({"evidence": {"beats_baselines": True, "auc_margin": 0.3}}, graph)
-    assert not margin.passed  # insertion beats random by 0.25 only
+    assert not margin.passed and len(margin.failures) == 4  # every AUC beats its best baseline by less than 0.3
 
 
 def test_missing_evidence_fails_unless_skipped(graph):

@@ -137,17 +137,17 @@ def _evidence_section(evidence: dict) -> str:
     comp = ev.completeness(evidence)
     if comp:
         parts.append("<h3>Completeness (relative delta per layer pair)</h3>")
-        parts.append(_table(["pair", "delta mean", "delta max", "steps"],
-                            [[p, _fmt(v.get("delta_mean")), _fmt(v.get("delta_max")), _fmt(v.get("steps"))]
-                             for p, v in comp.items()]))
+        cols = ["dataset_delta", "delta_mean", "delta_max", "steps"]
+        parts.append(_table(["pair", *cols], [[p, *(_fmt(v.get(c)) for c in cols)] for p, v in comp.items()]))
         parts.append(charts.bar_chart("completeness delta (mean)",
                                       {p: float(v.get("delta_mean", 0.0)) for p, v in comp.items()}))
         for pair, v in comp.items():
-            by_steps = v.get("by_steps") or {}
-            if len(by_steps) > 1:
-                steps = sorted(by_steps, key=float)
-                parts.append(charts.line_chart(f"delta vs steps: {pair}", [float(s) for s in steps],
-                                               {"delta": [float(by_steps[s]) for s in steps]}, x_label="steps"))
+            versus = [r for r in v.get("versus_steps") or [] if r.get("delta_mean") is not None]
+            if len(versus) > 1:
+                series = {stat: [float(r[stat]) for r in versus] for stat in ("delta_mean", "delta_max") if
+                          all(r.get(stat) is not None for r in versus)}
+                parts.append(charts.line_chart(f"delta vs steps: {pair}", [float(r["steps"]) for r in versus],
+                                               series, x_label="steps"))
     recon = ev.reconstruction(evidence)
     if recon:
         cols = ["relative_error", "l0", "spliced_top1", "spliced_kl"]
