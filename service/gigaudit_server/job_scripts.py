@@ -20,8 +20,10 @@ local function drop_entry(stream, group, entry)
     redis.call('XDEL', stream, entry)
   end
 end
+-- end an attempt; a finished job keeps the name of the worker that finished it
 local function release(job, state, now)
-  redis.call('HSET', job, 'state', state, 'worker', '', 'heartbeat', '', 'entry', '', 'updated', now)
+  redis.call('HSET', job, 'state', state, 'heartbeat', '', 'entry', '', 'updated', now)
+  if state == 'QUEUED' then redis.call('HSET', job, 'worker', '') end
 end
 -- a shard that failed for good fails its parent (the siblings are cancelled by the caller)
 local function fail_parent(job, parent, error, now, parent_channel)

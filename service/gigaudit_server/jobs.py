@@ -201,12 +201,13 @@ class JobQueue:
         if not fields:
             raise KeyError(f"no job {job_id!r}")
         job = Job.from_hash(fields)
-        if job.is_parent and job.stage != "reduce":
+        if job.is_parent:
             shards = self.shards(job)
             job.done = sum(s.done for s in shards)
             totals = [s.total for s in shards]
             job.total = None if None in totals else sum(totals)
-            job.stage = next((s.stage for s in shards if s.state is JobState.RUNNING and s.stage), job.stage)
+            if job.stage != "reduce":
+                job.stage = next((s.stage for s in shards if s.state is JobState.RUNNING and s.stage), job.stage)
         return job
 
     def shards(self, parent: Job) -> list[Job]:
