@@ -122,7 +122,8 @@ class ConvBlock(nn.Module):
 
 class PartsNet(nn.Module):
     """A small CNN: ``features`` = four :class:`ConvBlock` (32 → 16 → 8 → 4 → 4 px for 32-px input), then global
-    average pooling and a linear ``head`` (not ``classifier``: that name marks a VGG for ``default_layers``). ``gig.default_layers`` yields ``features.0`` … ``features.3``."""
+    average pooling and a linear ``head`` (not ``classifier``: that name marks a VGG for ``default_layers``).
+    ``gig.default_layers`` yields ``features.0`` … ``features.3``."""
 
     def __init__(self, num_classes: int = len(CLASS_NAMES), width: int = 16):
         super().__init__()
