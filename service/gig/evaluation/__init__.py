@@ -1,0 +1,1 @@
+"""Built-in evaluation of concepts and GIG graphs (DESIGN §1.5)."""

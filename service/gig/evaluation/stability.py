@@ -1,0 +1,70 @@
+"""Stability of concepts and graphs.
+
+- :func:`match_concepts`: two sets of concept vectors (e.g. extracted with two seeds) are matched one to one by the
+  Hungarian algorithm on cosine similarity; the mean matched cosine is 1 for identical sets (in any order).
+- :func:`compare_graphs`: two concept graphs (e.g. built on clean and on noisy images) agree on their ``top_k``
+  edges by ``|mean|`` (overlap in ``[0, 1]``) and on the ranking of every edge weight (Spearman correlation over
+  the union of their edges, a missing edge counting as weight 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import spearmanr
+
+
+def match_concepts(vectors_a: torch.Tensor, vectors_b: torch.Tensor) -> dict:
+    """Hungarian matching of the rows of ``(K_a, C)`` and ``(K_b, C)`` on cosine similarity.
+
+    Returns ``{"mean_cosine", "min_cosine", "matched"}`` (``matched`` = ``min(K_a, K_b)`` pairs).
+    """
+    for name, v in (("vectors_a", vectors_a), ("vectors_b", vectors_b)):
+        if not isinstance(v, torch.Tensor) or v.dim() != 2 or 0 in v.shape:
+            raise ValueError(f"{name} must be a non-empty (K, C) tensor, not {getattr(v, 'shape', type(v))}")
+    if vectors_a.shape[1] != vectors_b.shape[1]:
+        raise ValueError(f"the two sets have {vectors_a.shape[1]} and {vectors_b.shape[1]} channels; they must match")
+    a = torch.nn.functional.normalize(vectors_a.double().cpu(), dim=1)
+    b = torch.nn.functional.normalize(vectors_b.double().cpu(), dim=1)
+    cosine = (a @ b.T).numpy()
+    rows, cols = linear_sum_assignment(cosine, maximize=True)
+    matched = cosine[rows, cols]
+    return {"mean_cosine": float(matched.mean()), "min_cosine": float(matched.min()), "matched": int(len(rows))}
+
+
+def concept_stability(concepts_a, concepts_b) -> dict[str, dict]:
+    """:func:`match_concepts` for every layer the two concept sets share."""
+    shared = [layer for layer in concepts_a.layers if layer in concepts_b.layers]
+    if not shared:
+        raise ValueError(f"the concept sets share no layer: {list(concepts_a.layers)} vs {list(concepts_b.layers)}")
+    return {layer: match_concepts(concepts_a.vectors(layer), concepts_b.vectors(layer)) for layer in shared}
+
+
+def edge_weights(graph) -> dict[tuple[str, str], float]:
+    """``{(source, target): mean}`` of a :class:`~gig.graph.ConceptGraph` or its ``to_dict()``."""
+    data = graph.to_dict() if hasattr(graph, "to_dict") else graph
+    if not isinstance(data, dict) or "edges" not in data:
+        raise ValueError("graph must be a ConceptGraph or its to_dict() with an 'edges' list")
+    return {(e["source"], e["target"]): float(e["mean"]) for e in data["edges"]}
+
+
+def compare_graphs(graph_a, graph_b, top_k: int = 20) -> dict:
+    """``{"top_k_overlap", "rank_correlation", "top_k", "n_edges"}`` of two graphs (see the module docstring)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    a, b = edge_weights(graph_a), edge_weights(graph_b)
+    union = sorted(set(a) | set(b))
+    if not union:
+        raise ValueError("both graphs have no edges")
+    k = min(top_k, len(union))
+    top_a, top_b = _top(a, k), _top(b, k)
+    weights_a = np.array([a.get(e, 0.0) for e in union])
+    weights_b = np.array([b.get(e, 0.0) for e in union])
+    constant = np.ptp(weights_a) == 0 or np.ptp(weights_b) == 0
+    correlation = None if constant or len(union) < 2 else float(spearmanr(weights_a, weights_b).statistic)
+    return {"top_k_overlap": len(top_a & top_b) / k, "rank_correlation": correlation, "top_k": k,
+            "n_edges": len(union)}
+
+
+def _top(weights: dict, k: int) -> set:
+    return set(sorted(weights, key=lambda e: (-abs(weights[e]), e))[:k])
