@@ -46,7 +46,7 @@ end
 """
 
 # KEYS: job, stream, dead letters, my heartbeat, previous owner's heartbeat, parent (or job)
-# ARGV: me, entry, group, now, max_attempts, previous owner ('' for a fresh delivery), job channel,
+# ARGV: me, entry, group, now, max_attempts, previous owner ('' for a fresh delivery, else a reclaim), job channel,
 #       parent channel, job id
 # -> {status, attempt, parent_failed}; status: claimed | moved | alive | missing | finished | busy | cancelled | dead
 CLAIM = _COMMON + """
@@ -54,10 +54,11 @@ local job, stream, dead, my_hb, prev_hb, parent = KEYS[1], KEYS[2], KEYS[3], KEY
 local me, entry, group, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, prev_owner, channel, parent_channel, job_id = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if prev_owner ~= '' then
-  -- reclaim: only an entry still owned by the consumer we checked, and only while its heartbeat is gone
+  -- reclaim: only an entry still owned by the consumer we checked, and only while its heartbeat is gone (or it
+  -- is our own: a worker between jobs runs nothing, so its pending deliveries are orphans of an earlier life)
   local pending = redis.call('XPENDING', stream, group, entry, entry, 1)
   if #pending == 0 or pending[1][2] ~= prev_owner then return {'moved', 0, 0} end
-  if redis.call('EXISTS', prev_hb) == 1 then return {'alive', 0, 0} end
+  if prev_owner ~= me and redis.call('EXISTS', prev_hb) == 1 then return {'alive', 0, 0} end
   redis.call('XCLAIM', stream, group, me, 0, entry)
 end
 local state = redis.call('HGET', job, 'state')
@@ -65,7 +66,7 @@ if not state then drop_entry(stream, group, entry); return {'missing', 0, 0} end
 if is_finished(state) then drop_entry(stream, group, entry); return {'finished', 0, 0} end
 if state == 'RUNNING' then
   local hb = redis.call('HGET', job, 'heartbeat')
-  if hb and hb ~= '' and redis.call('EXISTS', hb) == 1 then
+  if hb and hb ~= '' and hb ~= my_hb and redis.call('EXISTS', hb) == 1 then
     drop_entry(stream, group, entry); return {'busy', 0, 0}  -- a duplicate delivery of a job that runs elsewhere
   end
   if (redis.call('HGET', job, 'worker') or '') ~= '' then

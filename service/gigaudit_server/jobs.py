@@ -164,7 +164,10 @@ class JobQueue:
             job_id = uuid.uuid4().hex
         elif not _JOB_ID.fullmatch(job_id):
             raise ValueError(f"job_id must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-', got {job_id!r}")
-        json.dumps(params)  # JSON-able or TypeError now, not in a worker
+        try:
+            json.dumps(params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"params must be JSON-serialisable: {e}") from None
         now = time.time()
         job = Job(id=job_id, kind=kind, params=params, request_id=request_id, created=now, updated=now,
                   shards=shards, reduce_kind=reduce_kind)
@@ -263,9 +266,9 @@ class JobQueue:
         if not job.finished:
             raise ValueError(f"job {job_id!r} is {job.state.value}: only SUCCEEDED, FAILED or CANCELLED jobs can be "
                              "deleted (cancel it first)")
+        shard_keys = [keys.job(_shard_id(job_id, i)) for i in range(job.shards)] if job.is_parent else []
         with self.redis.pipeline() as pipe:
-            pipe.delete(keys.job(job_id), *(keys.job(_shard_id(job_id, i)) for i in range(job.shards if job.is_parent
-                                                                                           else 0)))
+            pipe.delete(keys.job(job_id), *shard_keys)
             pipe.zrem(keys.job_index(), job_id)
             if job.request_id:
                 pipe.delete(keys.request(job.request_id))
@@ -317,11 +320,12 @@ class JobQueue:
         return self._try_claim(worker, job_id, _text(entry_id), previous_owner="")
 
     def reclaim(self, worker: str) -> JobContext | None:
-        """Claim a job from a worker whose heartbeat expired, if there is one."""
+        """Claim a job from a worker whose heartbeat expired, if there is one. Call it between jobs only: the
+        caller's own pending deliveries are then orphans (of a crashed earlier process of the same name)."""
         summary = self.redis.xpending(keys.stream(), keys.consumer_group())
         for consumer in summary.get("consumers") or []:
             owner = _text(consumer["name"])
-            if owner == worker or self.redis.exists(keys.heartbeat(owner)):
+            if owner != worker and self.redis.exists(keys.heartbeat(owner)):
                 continue
             pending = self.redis.xpending_range(keys.stream(), keys.consumer_group(), "-", "+", 10,
                                                 consumername=owner)

@@ -19,7 +19,7 @@ from typing import Iterator, Mapping
 
 import redis as redis_lib
 
-from gigaudit_server.jobs import (Handler, JobCancelled, JobContext, JobInterrupted, JobLost, JobQueue, Reducer)
+from gigaudit_server.jobs import Handler, Job, JobCancelled, JobContext, JobInterrupted, JobLost, JobQueue, Reducer
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +66,36 @@ class Worker:
         job = context.job
         log.info("worker %s: job %s (%s) attempt %d", self.name, job.id, job.kind, job.attempt)
         try:
+            if self.stop_event.is_set():
+                raise JobInterrupted("worker stopping")
             result = self._call(context)
         except JobCancelled:
-            self.queue.settle(job, "cancelled")
+            self._settle(job, "cancelled")
         except JobInterrupted:
-            self.queue.settle(job, "handback")
+            self._settle(job, "handback")
         except JobLost:
             log.warning("worker %s: job %s attempt %d was taken over; dropped", self.name, job.id, job.attempt)
         except ValueError as e:
-            self.queue.settle(job, "failed", {"code": "INVALID_ARGUMENT", "message": str(e)})
+            self._settle(job, "failed", {"code": "INVALID_ARGUMENT", "message": str(e)})
         except Exception as e:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
             log.exception("worker %s: job %s failed", self.name, job.id)
-            self.queue.settle(job, "retry", {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}",
-                                             "traceback": traceback.format_exc(limit=20)})
+            self._settle(job, "retry", {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}",
+                                        "traceback": traceback.format_exc(limit=20)})
         else:
-            status = self.queue.settle(job, "succeeded", result)
-            if status == "stale":
+            if self._settle(job, "succeeded", result) == "stale":
                 log.warning("worker %s: job %s attempt %d was taken over; result dropped", self.name, job.id,
                             job.attempt)
+
+    def _settle(self, job: Job, outcome: str, payload: dict | None = None) -> str:
+        """Settle, waiting out a Redis outage (the heartbeat keeps the job ours meanwhile) unless stopping."""
+        while True:
+            try:
+                return self.queue.settle(job, outcome, payload)
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
+                if self.stop_event.is_set():
+                    raise
+                log.warning("worker %s: cannot settle job %s yet (%s); retrying", self.name, job.id, e)
+                self.stop_event.wait(self.poll_interval)
 
     def _call(self, context: JobContext) -> dict:
         job = context.job

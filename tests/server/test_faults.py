@@ -128,3 +128,13 @@ def test_reclaim_leaves_a_live_workers_deliveries_alone(queue):
     assert queue.claim_next("alive", 100) is not None
     assert queue.reclaim("other") is None
     assert queue.get(job.id).worker == "alive"
+
+
+def test_a_restarted_worker_of_the_same_name_recovers_its_orphaned_delivery(queue):
+    job = queue.submit("count", {"n": 5})
+    queue.beat("pod-0")
+    assert queue.claim_next("pod-0", 100) is not None  # ...and the process dies; its heartbeat is still fresh
+    restarted = Worker(queue, handlers, name="pod-0")
+    assert restarted.run_one(block_ms=100)
+    done = queue.get(job.id)
+    assert done.state is JobState.SUCCEEDED and (done.attempt, done.failures) == (2, 1)

@@ -118,7 +118,8 @@ def test_delete_only_finished_jobs(queue):
 
 def test_stale_attempt_cannot_write_progress_or_result(queue):
     job = queue.submit("noop", {})
-    first = Worker(queue, {}, name="first").queue.claim_next("first", 100)
+    queue.beat("first")
+    first = queue.claim_next("first", 100)
     assert first.job.attempt == 1
     queue.redis.delete(keys.heartbeat("first"))  # "first" is presumed dead
     second = queue.reclaim("second")
