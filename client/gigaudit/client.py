@@ -1,0 +1,397 @@
+"""`AuditClient`: the thin gRPC client of the gigaudit service (no torch).
+
+Uploads stream the file in chunks after a header carrying its size and sha256; a retried upload or audit reuses its
+`request_id`, so the server never registers twice or starts a second job. Long work returns an operation name:
+`wait` follows it (with a progress bar) and re-attaches when the stream breaks. Every failure is a `GigauditError`
+carrying the server's status code, message and details.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+
+from gigaudit import convert
+from gigaudit.errors import GigauditError
+from gigaudit.results import ConceptGraph, Exemplar
+from gigaudit.v1 import audit_service_pb2 as audit_pb
+from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
+from gigaudit.v1 import dataset_service_pb2 as dataset_pb
+from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
+from gigaudit.v1 import model_service_pb2 as model_pb
+from gigaudit.v1 import model_service_pb2_grpc as model_grpc
+from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
+
+CHUNK_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 64 << 20
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+DATASET_FORMATS = {".zip": dataset_pb.DATASET_FORMAT_ZIP, ".tar": dataset_pb.DATASET_FORMAT_TAR,
+                   ".tgz": dataset_pb.DATASET_FORMAT_TAR, ".gz": dataset_pb.DATASET_FORMAT_TAR}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class AuditClient:
+    """A connection to a gigaudit server.
+
+    `tls`: None for plain text, True for TLS with the system's roots, a path to a CA bundle (PEM), or
+    `grpc.ChannelCredentials`. `token` is sent as `authorization: Bearer <token>`. `timeout` is the deadline of
+    each unary call in seconds; uploads get `upload_timeout`.
+    """
+
+    def __init__(self, target: str, token: str | None = None, tls=None, *, timeout: float = 60.0,
+                 upload_timeout: float = 3600.0, retries: int = 3):
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        if tls is None or tls is False:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(target, _credentials(tls), options=options)
+        self.target, self.timeout, self.upload_timeout, self.retries = target, timeout, upload_timeout, retries
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.models = model_grpc.ModelServiceStub(self.channel)
+        self.datasets = dataset_grpc.DatasetServiceStub(self.channel)
+        self.audits = audit_grpc.AuditServiceStub(self.channel)
+        self.operations = operations_pb2_grpc.OperationsStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "AuditClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects; GigauditError(UNAVAILABLE) otherwise."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise GigauditError(grpc.StatusCode.UNAVAILABLE, f"no gigaudit server at {self.target}") from None
+
+    # --- calls -------------------------------------------------------------------------------
+    def _call(self, method, request, *, timeout: float | None = None, retry: bool = True):
+        """One call with the deadline and credentials; retried on transient codes when `retry` (safe calls)."""
+        attempts = self.retries if retry else 1
+        for attempt in range(attempts):
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if attempt + 1 < attempts and exc.code() in RETRYABLE:
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise GigauditError.from_rpc_error(exc) from None
+
+    # --- models ------------------------------------------------------------------------------
+    def upload_model(self, path: str | Path, model_id: str, *, architecture: str, num_classes: int,
+                     class_names: Sequence[str] = (), input_size: int = 0, mean: Sequence[float] = (),
+                     std: Sequence[float] = (), display_name: str = "", request_id: str | None = None,
+                     progress: bool = False) -> model_pb.Model:
+        """Upload safetensors weights and register them as `models/{model_id}`."""
+        path = Path(path)
+        size, sha = _file_digest(path)
+        model = model_pb.Model(display_name=display_name or model_id, architecture=architecture,
+                               num_classes=num_classes, class_names=list(class_names), input_size=input_size,
+                               mean=list(mean), std=list(std), size_bytes=size, sha256=sha)
+        header = model_pb.UploadModelHeader(model_id=model_id, model=model, request_id=request_id or _request_id())
+
+        def requests():
+            yield model_pb.UploadModelRequest(header=header)
+            for chunk in _chunks(path, progress, f"upload {path.name}"):
+                yield model_pb.UploadModelRequest(chunk=chunk)
+
+        return self._upload(self.models.UploadModel, requests)
+
+    def get_model(self, name: str) -> model_pb.Model:
+        return self._call(self.models.GetModel, model_pb.GetModelRequest(name=_named("models", name)))
+
+    def list_models(self, page_size: int = 100) -> list[model_pb.Model]:
+        return self._pages(self.models.ListModels, model_pb.ListModelsRequest(page_size=page_size), "models")
+
+    def delete_model(self, name: str) -> None:
+        self._call(self.models.DeleteModel, model_pb.DeleteModelRequest(name=_named("models", name)))
+
+    def list_layers(self, model: str) -> model_pb.ListLayersResponse:
+        return self._call(self.models.ListLayers, model_pb.ListLayersRequest(parent=_named("models", model)))
+
+    def list_architectures(self) -> list[model_pb.Architecture]:
+        return list(self._call(self.models.ListArchitectures, model_pb.ListArchitecturesRequest()).architectures)
+
+    # --- datasets ----------------------------------------------------------------------------
+    def upload_dataset(self, path: str | Path, dataset_id: str, *, display_name: str = "",
+                       request_id: str | None = None, progress: bool = False) -> dataset_pb.Dataset:
+        """Upload a tar/zip archive, or a folder (packed into a tar: `class/image.png`, or flat = unlabelled)."""
+        with _archive(Path(path)) as (archive, fmt):
+            size, sha = _file_digest(archive)
+            dataset = dataset_pb.Dataset(display_name=display_name or dataset_id, format=fmt, size_bytes=size,
+                                         sha256=sha)
+            header = dataset_pb.UploadDatasetHeader(dataset_id=dataset_id, dataset=dataset,
+                                                    request_id=request_id or _request_id())
+
+            def requests():
+                yield dataset_pb.UploadDatasetRequest(header=header)
+                for chunk in _chunks(archive, progress, f"upload {Path(path).name}"):
+                    yield dataset_pb.UploadDatasetRequest(chunk=chunk)
+
+            return self._upload(self.datasets.UploadDataset, requests)
+
+    def get_dataset(self, name: str) -> dataset_pb.Dataset:
+        return self._call(self.datasets.GetDataset, dataset_pb.GetDatasetRequest(name=_named("datasets", name)))
+
+    def list_datasets(self, page_size: int = 100) -> list[dataset_pb.Dataset]:
+        return self._pages(self.datasets.ListDatasets, dataset_pb.ListDatasetsRequest(page_size=page_size),
+                           "datasets")
+
+    def delete_dataset(self, name: str) -> None:
+        self._call(self.datasets.DeleteDataset, dataset_pb.DeleteDatasetRequest(name=_named("datasets", name)))
+
+    # --- audits and operations ----------------------------------------------------------------
+    def audit(self, model: str, dataset: str, audit_id: str, *, layers: Sequence[str] = (),
+              concept_options: dict | None = None, graph_options: dict | None = None,
+              request_id: str | None = None) -> operations_pb2.Operation:
+        """Start an audit (concepts + graph + evidence); returns the operation. Retries keep the request id."""
+        request = audit_pb.AuditRequest(
+            parent=_named("models", model), audit_id=audit_id, dataset=_named("datasets", dataset),
+            layers=list(layers), concept_options=audit_pb.ConceptOptions(**(concept_options or {})),
+            graph_options=audit_pb.GraphOptions(**(graph_options or {})), request_id=request_id or _request_id())
+        return self._call(self.audits.Audit, request)
+
+    def get_operation(self, name: str) -> operations_pb2.Operation:
+        return self._call(self.operations.GetOperation,
+                          operations_pb2.GetOperationRequest(name=_named("operations", name)))
+
+    def list_operations(self, filter: str = "", page_size: int = 100) -> list[operations_pb2.Operation]:
+        request = operations_pb2.ListOperationsRequest(name="operations", filter=filter, page_size=page_size)
+        return self._pages(self.operations.ListOperations, request, "operations")
+
+    def cancel_operation(self, name: str) -> None:
+        self._call(self.operations.CancelOperation,
+                   operations_pb2.CancelOperationRequest(name=_named("operations", name)))
+
+    def delete_operation(self, name: str) -> None:
+        self._call(self.operations.DeleteOperation,
+                   operations_pb2.DeleteOperationRequest(name=_named("operations", name)))
+
+    def watch(self, name: str) -> Iterator[operations_pb2.Operation]:
+        """The operation on every change until it is done; re-attaches (by name) when the stream breaks."""
+        name = _named("operations", name)
+        failures = 0
+        while True:
+            try:
+                stream = self.audits.WatchOperation(audit_pb.WatchOperationRequest(name=name),
+                                                    metadata=self._metadata)
+                for op in stream:
+                    failures = 0
+                    yield op
+                    if op.done:
+                        return
+                op = self.get_operation(name)  # the stream ended early: look once, then watch again
+                if op.done:
+                    yield op
+                    return
+            except grpc.RpcError as exc:
+                failures += 1
+                if exc.code() not in RETRYABLE or failures > self.retries:
+                    raise GigauditError.from_rpc_error(exc) from None
+                time.sleep(0.2 * 2**failures)
+
+    def wait(self, name: str, *, timeout: float | None = None, progress: bool = True,
+             on_update: Callable[[metadata_pb.OperationMetadata], None] | None = None):
+        """Follow an operation to its end and return its unpacked response (e.g. `AuditResult`).
+
+        A failed or cancelled operation raises GigauditError with the job's status; `timeout` raises
+        GigauditError(DEADLINE_EXCEEDED) and leaves the operation running.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _Progress(progress)
+        try:
+            for op in self.watch(name):
+                meta = operation_metadata(op)
+                bar.update(meta)
+                if on_update:
+                    on_update(meta)
+                if op.done:
+                    return operation_result(op)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise GigauditError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                        f"operation {name} still running after {timeout} s")
+        finally:
+            bar.close()
+        raise GigauditError(grpc.StatusCode.UNKNOWN, f"operation {name} stream ended before it was done")
+
+    # --- results -----------------------------------------------------------------------------
+    def get_graph(self, name: str, page_size: int = 5000) -> ConceptGraph:
+        """The whole concept graph `models/{m}/conceptGraphs/{g}` (all pages) as a `ConceptGraph` view."""
+        pages, token = [], ""
+        while True:
+            page = self._call(self.audits.GetConceptGraph, audit_pb.GetConceptGraphRequest(
+                name=name, view=audit_pb.CONCEPT_GRAPH_VIEW_FULL, page_size=page_size, page_token=token))
+            pages.append(page)
+            token = page.next_page_token
+            if not token:
+                return ConceptGraph(convert.graph_to_dict(pages))
+
+    def get_exemplars(self, concept_set: str, node_id: str, max_exemplars: int = 0) -> list[Exemplar]:
+        """Exemplars (crop PNG, iERF PNG) of the concept `node_id` ("layer:index") of a concept set."""
+        layer, _, index = node_id.rpartition(":")
+        if not layer or not index.isdigit():
+            raise ValueError(f"a concept id is 'layer:index', got {node_id!r}")
+        response = self._call(self.audits.GetConceptExemplars, audit_pb.GetConceptExemplarsRequest(
+            concept_set=concept_set, layer=layer, concept=int(index), max_exemplars=max_exemplars))
+        return convert.exemplars_to_list(node_id, response)
+
+    def graph_exemplars(self, graph: ConceptGraph, concept_set: str, max_exemplars: int = 6) -> dict:
+        """{node id: exemplars} for every concept node of `graph`."""
+        return {n["id"]: self.get_exemplars(concept_set, n["id"], max_exemplars)
+                for n in graph.data["nodes"] if n.get("kind", "concept") == "concept"}
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _upload(self, method, requests: Callable[[], Iterator]):
+        for attempt in range(self.retries):
+            try:
+                return method(requests(), timeout=self.upload_timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if attempt + 1 < self.retries and exc.code() in RETRYABLE:
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise GigauditError.from_rpc_error(exc) from None
+
+    def _pages(self, method, request, field: str) -> list:
+        items = []
+        while True:
+            response = self._call(method, request)
+            items.extend(getattr(response, field))
+            if not response.next_page_token:
+                return items
+            request.page_token = response.next_page_token
+
+
+def operation_metadata(op: operations_pb2.Operation) -> metadata_pb.OperationMetadata:
+    meta = metadata_pb.OperationMetadata()
+    if op.metadata.Is(meta.DESCRIPTOR):
+        op.metadata.Unpack(meta)
+    return meta
+
+
+def operation_result(op: operations_pb2.Operation):
+    """The unpacked response of a done operation; GigauditError when it failed or was cancelled."""
+    if op.HasField("error"):
+        raise GigauditError.from_status(op.error)
+    for kind in (audit_pb.AuditResult, audit_pb.ConceptGraph, audit_pb.ConceptSet):
+        if op.response.Is(kind.DESCRIPTOR):
+            result = kind()
+            op.response.Unpack(result)
+            return result
+    return op.response
+
+
+class _Progress:
+    """A tqdm bar per stage of an operation's metadata."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def update(self, meta: metadata_pb.OperationMetadata) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        stage = meta.stage or metadata_pb.OperationState.Name(meta.state).removeprefix("OPERATION_STATE_").lower()
+        if stage != self.stage:
+            self.close()
+            self.bar, self.stage = tqdm(desc=stage, total=meta.total or None, unit="it", leave=True), stage
+        if meta.total and self.bar.total != meta.total:
+            self.bar.total = meta.total
+        self.bar.n = meta.done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _credentials(tls) -> grpc.ChannelCredentials:
+    if isinstance(tls, grpc.ChannelCredentials):
+        return tls
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    if isinstance(tls, (str, Path)):
+        return grpc.ssl_channel_credentials(root_certificates=Path(tls).read_bytes())
+    raise ValueError(f"tls must be None, True, a CA bundle path or grpc.ChannelCredentials, got {tls!r}")
+
+
+def _named(collection: str, name: str) -> str:
+    """Accept `id` or `collection/id` (or a nested resource name) and return the full resource name."""
+    if not name:
+        raise ValueError(f"a {collection} name is required")
+    return name if "/" in name else f"{collection}/{name}"
+
+
+def _request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return path.stat().st_size, digest.hexdigest()
+
+
+def _chunks(path: Path, progress: bool, label: str) -> Iterator[bytes]:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=label)
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+                if bar is not None:
+                    bar.update(len(block))
+                yield block
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@contextmanager
+def _archive(path: Path):
+    """(archive path, DatasetFormat) of a tar/zip file, or of a folder packed into a temporary tar."""
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in DATASET_FORMATS:
+            raise ValueError(f"a dataset is a folder or an archive ({', '.join(DATASET_FORMATS)}), got {path.name}")
+        yield path, DATASET_FORMATS[suffix]
+        return
+    if not path.is_dir():
+        raise ValueError(f"no such dataset folder or archive: {path}")
+    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+    fd, name = tempfile.mkstemp(suffix=".tar")
+    os.close(fd)
+    try:
+        with tarfile.open(name, "w", format=tarfile.PAX_FORMAT) as tar:
+            for image in images:
+                info = tarfile.TarInfo(image.relative_to(path).as_posix())
+                data = image.read_bytes()
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+        yield Path(name), dataset_pb.DATASET_FORMAT_TAR
+    finally:
+        os.unlink(name)
