@@ -165,3 +165,27 @@ def test_a_shard_that_fails_fails_the_parent_and_stops_the_siblings(queue):
     assert parent.state is JobState.FAILED and "cat/3.png" in parent.error["message"]
     assert [s.state for s in queue.shards(job)] == [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]
     assert queue.redis.xlen(keys.stream()) == 0  # no reduction was queued
+
+
+def test_three_workers_run_each_of_thirty_jobs_exactly_once(queue):
+    runs, lock = [], threading.Lock()
+
+    def record(ctx):
+        with lock:
+            runs.append(ctx.job.id)
+        return {"id": ctx.job.id}
+
+    jobs = [queue.submit("record", {}) for _ in range(30)]
+    stop = threading.Event()
+    workers = [Worker(queue, {"record": record}, name=f"w{i}", poll_interval=0.05) for i in range(3)]
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in workers]
+    for t in threads:
+        t.start()
+    finished = [queue.wait(job.id, timeout=20) for job in jobs]
+    stop.set()
+    for t in threads:
+        t.join()
+    assert sorted(runs) == sorted(job.id for job in jobs)
+    assert all(j.state is JobState.SUCCEEDED and j.result == {"id": j.id} and j.attempt == 1 for j in finished)
+    assert queue.redis.xlen(keys.stream()) == 0
+    assert queue.redis.xinfo_groups(keys.stream())[0]["consumers"] == 0  # stopped workers retire their consumers
