@@ -1,11 +1,11 @@
 """gig: concept graphs of image models with Generalized Integrated Gradients (arXiv:2409.01610)."""
 from gig.attribution import Attribution, attribute
 from gig.build import build_graph
-from gig.concepts import ConceptSet, LayerConcepts
+from gig.concepts import ConceptSet, LayerConcepts, extract_concepts
 from gig.graph import ConceptGraph
 from gig.layers import LOGITS, LayerInfo, default_layers, list_layers, traced
 
 __all__ = [
-    "Attribution", "attribute", "ConceptSet", "LayerConcepts", "LOGITS", "LayerInfo", "default_layers", "list_layers",
+    "Attribution", "attribute", "ConceptSet", "LayerConcepts", "extract_concepts", "LOGITS", "LayerInfo", "default_layers", "list_layers",
     "traced", "ConceptGraph", "build_graph",
 ]

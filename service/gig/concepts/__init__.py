@@ -1,5 +1,8 @@
 """Concepts of a model: sampling PFVs, clustering them into concept vectors, and Lasso decomposition."""
+from gig.concepts.clustering import CLUSTERINGS, cluster, register
 from gig.concepts.conceptset import ConceptSet, Exemplar, LayerConcepts
 from gig.concepts.decompose import LassoSettings
+from gig.concepts.extract import extract_concepts, sample_pfvs
 
-__all__ = ["ConceptSet", "Exemplar", "LassoSettings", "LayerConcepts"]
+__all__ = ["CLUSTERINGS", "ConceptSet", "Exemplar", "LassoSettings", "LayerConcepts", "cluster", "extract_concepts",
+           "register", "sample_pfvs"]

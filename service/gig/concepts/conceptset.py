@@ -80,10 +80,7 @@ class ConceptSet:
             raise ValueError("a concept set needs at least one layer")
         if not all(isinstance(v, LayerConcepts) for v in layers.values()):
             raise ValueError("layers must map layer names to LayerConcepts")
-        if not (isinstance(lam, (int, float)) and lam >= 0 and lam == lam):
-            raise ValueError(f"lam must be a non-negative number, not {lam!r}")
-        if nonneg and lam == 0:
-            raise ValueError("nonneg=True needs lam > 0 (least squares has no sign constraint)")
+        check_lasso(lam, nonneg)
         self.layers = dict(layers)
         self.lam = float(lam)
         self.nonneg = bool(nonneg)
@@ -262,6 +259,14 @@ class ConceptSet:
     def __repr__(self) -> str:
         shapes = ", ".join(f"{n}: {lc.n_concepts}×{lc.channels}" for n, lc in self.layers.items())
         return f"ConceptSet({shapes}; lam={self.lam}, nonneg={self.nonneg}, method={self.method!r})"
+
+
+def check_lasso(lam, nonneg) -> None:
+    """``ValueError`` unless ``lam ≥ 0`` is a number and ``nonneg`` comes with ``lam > 0``."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or lam == float("inf"):
+        raise ValueError(f"lam must be a finite non-negative number, not {lam!r}")
+    if nonneg and lam == 0:
+        raise ValueError("nonneg=True needs lam > 0 (least squares has no sign constraint)")
 
 
 def _stem(path) -> str:

@@ -1,0 +1,160 @@
+"""Concept extraction over a dataset (DESIGN §1.2): sample PFVs, cluster them, then decompose every PFV.
+
+Two streamed passes over ``data``; memory holds only the sampled PFVs and per-concept accumulators:
+
+1. one forward (and, for contribution sampling, one backward) per batch gives every analysed layer's activation
+   and gradient; ``pfvs_per_image`` positions per image and layer are kept;
+2. each layer's samples are clustered into concept vectors;
+3. every PFV of every image is decomposed to count, per concept, the images where it has a positive coefficient
+   (``frequency``), the mean of its positive coefficients (``mean_coefficient``) and its ``n_exemplars``
+   strongest images (bounded top-k; one position per image: where the coefficient is largest).
+"""
+from __future__ import annotations
+
+import torch
+
+from gig.concepts.clustering import DEFAULT, check_method, check_n_concepts, cluster, resolve_n_concepts
+from gig.concepts.conceptset import ConceptSet, Exemplar, LayerConcepts, check_lasso
+from gig.concepts.sampling import check_sampling, position_weights, sample_positions
+from gig.data import check_reiterable, eval_mode, iter_batches, n_batches
+from gig.layers import LOGITS, traced
+from gig.pfv import to_pfvs
+
+
+def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_per_image=1,
+                     sampling="contribution", lam=0.1, nonneg=False, seed=0, device=None, progress=None,
+                     n_exemplars=8) -> ConceptSet:
+    """Concepts of ``layers`` of ``model`` on ``data`` (a re-iterable of images or ``(images, labels)``).
+
+    ``n_concepts``: ``None`` (``8 × C`` per layer), an int, or ``{layer: int}`` (others keep the default); always
+    clipped to the number of distinct sampled PFVs. ``method``: a clustering name (:mod:`.clustering`);
+    ``sampling``: ``"contribution"``, ``"uniform"`` or ``"norm"``; ``lam``/``nonneg``: the Lasso of the set;
+    ``progress(stage, done, total)`` is called with stages ``"sample"``, ``"cluster"`` and ``"decompose"``.
+    """
+    layers = traced(model).check_layers(layers)
+    check_method(method)
+    check_sampling(sampling)
+    check_n_concepts(n_concepts, layers)
+    check_lasso(lam, nonneg)
+    if isinstance(pfvs_per_image, bool) or not isinstance(pfvs_per_image, int) or pfvs_per_image < 1:
+        raise ValueError(f"pfvs_per_image must be a positive int, not {pfvs_per_image!r}")
+    if isinstance(n_exemplars, bool) or not isinstance(n_exemplars, int) or n_exemplars < 0:
+        raise ValueError(f"n_exemplars must be a non-negative int, not {n_exemplars!r}")
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, not {seed!r}")
+    check_reiterable(data)
+    device = _check_device(model, device)
+    report = progress or (lambda stage, done, total: None)
+
+    with eval_mode(model):
+        samples, n_images = sample_pfvs(model, data, layers, sampling, pfvs_per_image, seed, device, report)
+        concepts = {}
+        for i, layer in enumerate(layers):
+            report("cluster", i, len(layers))
+            k = resolve_n_concepts(n_concepts, layer, samples[layer].shape[1], samples[layer])
+            concepts[layer] = LayerConcepts(cluster(samples[layer], k, method, seed))
+        report("cluster", len(layers), len(layers))
+        params = {
+            "n_concepts": {layer: lc.n_concepts for layer, lc in concepts.items()},
+            "sampling": sampling, "pfvs_per_image": pfvs_per_image, "seed": seed, "n_images": n_images,
+            "n_samples": {layer: s.shape[0] for layer, s in samples.items()},
+        }
+        result = ConceptSet(concepts, lam=lam, nonneg=nonneg, method=method, params=params)
+        _fill_statistics(model, data, result, n_images, n_exemplars, device, report)
+    return result
+
+
+def _check_device(model, device) -> torch.device:
+    param = next(model.parameters(), None)
+    own = param.device if param is not None else torch.device("cpu")
+    device = own if device is None else torch.device(device)
+    if device.type != own.type or (device.index is not None and own.index is not None and device != own):
+        raise ValueError(f"the model is on {own} but device={device}; move the model or pass device={own}")
+    return own
+
+
+def sample_pfvs(model, data, layers, sampling="contribution", per_image=1, seed=0, device=None, report=None):
+    """Pass 1: ``{layer: (images × per_image, C)}`` sampled PFVs on the CPU, and the number of images.
+
+    ``layers`` must be checked cut names in forward order; the model must be in eval mode.
+    """
+    device = _check_device(model, device)
+    report = report or (lambda stage, done, total: None)
+    prefix = traced(model).prefix(layers)
+    generator = torch.Generator().manual_seed(seed)
+    kept: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    total, n_images = n_batches(data), 0
+    report("sample", 0, total)
+    for done, batch in enumerate(iter_batches(data, device), 1):
+        with torch.enable_grad() if sampling == "contribution" else torch.no_grad():
+            images = batch.images.detach().requires_grad_(sampling == "contribution")
+            outputs = prefix(images)
+            activations = [outputs[layer] for layer in layers]
+            grads = [None] * len(layers)
+            if sampling == "contribution":
+                logits = outputs[LOGITS]
+                predicted = logits.argmax(dim=1, keepdim=True)
+                grads = torch.autograd.grad(logits.gather(1, predicted).sum(), activations)
+        for layer, activation, grad in zip(layers, activations, grads):
+            pfvs = to_pfvs(activation.detach())
+            weights = position_weights(sampling, pfvs, None if grad is None else to_pfvs(grad))
+            positions = sample_positions(weights, per_image, generator)
+            picked = pfvs.gather(1, positions.unsqueeze(-1).expand(-1, -1, pfvs.shape[-1]))
+            kept[layer].append(picked.reshape(-1, pfvs.shape[-1]).cpu())
+        n_images += batch.images.shape[0]
+        report("sample", done, total)
+    return {layer: torch.cat(chunks) for layer, chunks in kept.items()}, n_images
+
+
+class _Accumulator:
+    """Per-concept counts, positive-coefficient sums and a bounded top-``n`` of (image, position, coefficient)."""
+
+    def __init__(self, k: int, n: int, device):
+        self.present = torch.zeros(k, dtype=torch.long, device=device)
+        self.positive_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        self.positive_count = torch.zeros(k, dtype=torch.long, device=device)
+        self.top_value = torch.full((k, n), -torch.inf, device=device)
+        self.top_image = torch.zeros(k, n, dtype=torch.long, device=device)
+        self.top_position = torch.zeros(k, n, dtype=torch.long, device=device)
+
+    def add(self, coef: torch.Tensor, first_image: int) -> None:
+        """``coef`` ``(B, P, K)`` of images ``first_image, first_image + 1, …``."""
+        best, where = coef.max(dim=1)  # (B, K): each image's strongest position per concept
+        self.present += (best > 0).sum(0)
+        self.positive_sum += coef.clamp_min(0).sum((0, 1)).double()
+        self.positive_count += (coef > 0).sum((0, 1))
+        if self.top_value.shape[1]:
+            images = torch.arange(first_image, first_image + coef.shape[0], device=coef.device)
+            value = torch.cat([self.top_value, best.T.to(self.top_value.dtype)], 1)
+            image = torch.cat([self.top_image, images.expand(coef.shape[2], -1)], 1)
+            position = torch.cat([self.top_position, where.T], 1)
+            self.top_value, order = value.topk(self.top_value.shape[1], dim=1)
+            self.top_image, self.top_position = image.gather(1, order), position.gather(1, order)
+
+    def write(self, concepts: LayerConcepts, n_images: int) -> None:
+        concepts.frequency = (self.present.double() / n_images).float().cpu()
+        concepts.mean_coefficient = (self.positive_sum / self.positive_count.clamp_min(1)).float().cpu()
+        concepts.exemplars = [
+            [Exemplar(int(i), int(p), float(v)) for v, i, p in zip(vs, ims, ps) if v > 0]
+            for vs, ims, ps in zip(self.top_value.tolist(), self.top_image.tolist(), self.top_position.tolist())
+        ]
+
+
+def _fill_statistics(model, data, concepts: ConceptSet, n_images, n_exemplars, device, report) -> None:
+    """Pass 2: decompose every PFV of every image and write each layer's statistics and exemplars."""
+    layers = list(concepts.layers)
+    prefix = traced(model).prefix(layers)
+    stats = {layer: _Accumulator(concepts.layers[layer].n_concepts, n_exemplars, device) for layer in layers}
+    total, first = n_batches(data), 0
+    report("decompose", 0, total)
+    for done, batch in enumerate(iter_batches(data, device), 1):
+        with torch.no_grad():
+            outputs = prefix(batch.images)
+        for layer in layers:
+            stats[layer].add(concepts.decompose(layer, to_pfvs(outputs[layer])), first)
+        first += batch.images.shape[0]
+        report("decompose", done, total)
+    if first != n_images:
+        raise ValueError(f"data gave {n_images} images in the first pass but {first} in the second; it must not change")
+    for layer in layers:
+        stats[layer].write(concepts.layers[layer], n_images)
