@@ -144,14 +144,19 @@ if outcome == 'succeeded' then
       redis.call('PUBLISH', parent_channel, 'reduce')
     end
   end
-elseif outcome == 'retry' and tonumber(redis.call('HINCRBY', job, 'failures', 1)) < max_attempts then
-  status = 'QUEUED'
-  release(job, status, now)
-  redis.call('HSET', job, 'error', payload)
-  redis.call('XADD', stream, '*', 'job', job_id)
-elseif outcome == 'retry' or outcome == 'failed' then
+elseif outcome == 'retry' then
+  if redis.call('HINCRBY', job, 'failures', 1) < max_attempts then
+    status = 'QUEUED'
+    release(job, status, now)
+    redis.call('HSET', job, 'error', payload)
+    redis.call('XADD', stream, '*', 'job', job_id)
+  else
+    status = 'FAILED'
+    parent_failed = fail(job, parent, dead, payload, now, job_id, true, parent_channel)
+  end
+elseif outcome == 'failed' then
   status = 'FAILED'
-  parent_failed = fail(job, parent, dead, payload, now, job_id, outcome == 'retry', parent_channel)
+  parent_failed = fail(job, parent, dead, payload, now, job_id, false, parent_channel)
 elseif outcome == 'cancelled' then
   status = 'CANCELLED'
   release(job, status, now)

@@ -454,7 +454,7 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], dict]
-Reducer = Callable[[Job, "list[dict]"], dict]
+Reducer = Callable[[Job, list[dict]], dict]
 
 
 def _shard_id(parent_id: str, index: int) -> str:

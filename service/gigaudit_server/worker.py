@@ -46,8 +46,8 @@ class Worker:
             while not self.stop_event.is_set():
                 try:
                     self.run_one(block_ms=int(self.poll_interval * 1000))
-                except redis_lib.ConnectionError as e:
-                    log.warning("worker %s: Redis unavailable (%s); retrying", self.name, e)
+                except redis_lib.RedisError:  # keep serving: Redis may come back, the jobs are safe in it
+                    log.exception("worker %s: Redis error; retrying", self.name)
                     self.stop_event.wait(self.poll_interval)
         self.queue.retire(self.name)
 
