@@ -36,10 +36,13 @@ def tiny_cnn(act: str = "gelu", seed: int = 0, **kwargs) -> TinyCNN:
 
 
 def small_vit(n_classes: int = 5) -> nn.Module:
-    """A 3-layer torchvision ViT on 32×32 images (16 tokens + class token, width 16)."""
-    return torchvision.models.VisionTransformer(
+    """A 3-layer torchvision ViT on 32×32 images (16 tokens + class token, width 16), with a random head
+    (torchvision initialises it to zero, which would make every logit constant)."""
+    model = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=n_classes
     )
+    nn.init.normal_(model.heads.head.weight, std=0.2)
+    return model
 
 
 def has_hooks(model: nn.Module) -> bool:
