@@ -1,0 +1,51 @@
+"""``python -m gigaudit_server serve [flags]`` (the API server) or ``python -m gigaudit_server worker [flags]``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from gigaudit_server import config
+
+
+def serve(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="gigaudit_server serve", description="Run the gigaudit gRPC API server. "
+                                     "Every flag can also be set as GIGAUDIT_<FLAG> (e.g. GIGAUDIT_REDIS_URL).")
+    config.add_flags(parser)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = config.from_flags(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from gigaudit_server.server import GigauditServer
+
+    server = GigauditServer(settings).start()
+    print(f"gigaudit API listening on {settings.host}:{server.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"serve": serve, "worker": _worker}
+    if not argv or argv[0] not in commands:
+        sys.exit(f"usage: python -m gigaudit_server {{{'|'.join(commands)}}} [flags]  (--help after a command)")
+    commands[argv[0]](argv[1:])
+
+
+def _worker(argv: list[str]) -> None:
+    from gigaudit_server import worker_main  # imports torch
+
+    worker_main.main(argv)
+
+
+if __name__ == "__main__":
+    main()

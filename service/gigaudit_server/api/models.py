@@ -1,0 +1,146 @@
+"""ModelService: upload (safetensors only, validated by a worker before registration), get, list, delete, layers."""
+from __future__ import annotations
+
+import re
+
+import grpc
+from google.protobuf import empty_pb2, json_format
+
+from gigaudit.v1 import model_service_pb2 as model_pb
+from gigaudit.v1 import model_service_pb2_grpc as model_grpc
+from gigaudit_server import errors
+from gigaudit_server.api import names, resources, uploads
+from gigaudit_server.catalog import AlreadyExists
+from gigaudit_server.jobs import JobState
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_INPUT_SIZE = 4096
+
+
+class ModelServicer(model_grpc.ModelServiceServicer):
+    def __init__(self, backend):
+        self.backend = backend
+
+    @errors.handle_errors
+    def UploadModel(self, request_iterator, context):
+        header, chunks = uploads.split_upload(request_iterator)
+        model_id = names.check_id("header.model_id", header.model_id)
+        self._check_header(header)
+        try:  # a retry of a finished upload returns the model without reading the weights again
+            existing = self.backend.catalog.get("models", model_id)
+        except KeyError:
+            existing = None
+        if existing is not None:
+            if header.request_id and existing.get("request_id") == header.request_id:
+                return resources.model_message(existing)
+            raise errors.already_exists("model", f"models/{model_id}")
+        spec = header.model
+        try:
+            sha, size = self.backend.store.put_stream(
+                "weights", uploads.checked_safetensors(chunks, spec.size_bytes), expected_sha256=spec.sha256,
+                expected_size=spec.size_bytes, max_bytes=self.backend.settings.max_model_bytes)
+        except ValueError as exc:
+            raise errors.invalid_argument({"chunk": str(exc)}, str(exc)) from None
+        record = {"name": f"models/{model_id}", "display_name": spec.display_name, "architecture": spec.architecture,
+                  "num_classes": spec.num_classes, "class_names": list(spec.class_names),
+                  "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
+                  "weights_sha256": sha, "size_bytes": size, "request_id": header.request_id}
+        try:
+            layers = self._validate(record)
+            record, _ = self.backend.catalog.create("models", model_id, {**record, **layers},
+                                                    request_id=header.request_id)
+        except AlreadyExists:
+            self.backend.forget_artifact("weights", sha)
+            raise errors.already_exists("model", f"models/{model_id}") from None
+        except BaseException:
+            self.backend.forget_artifact("weights", sha)
+            raise
+        return resources.model_message(record)
+
+    @errors.handle_errors
+    def GetModel(self, request, context):
+        return resources.model_message(self._record(names.model("name", request.name), request.name))
+
+    @errors.handle_errors
+    def ListModels(self, request, context):
+        records, token = self.backend.catalog.list("models", page_size=request.page_size,
+                                                   page_token=request.page_token)
+        return model_pb.ListModelsResponse(models=[resources.model_message(r) for r in records],
+                                           next_page_token=token)
+
+    @errors.handle_errors
+    def DeleteModel(self, request, context):
+        model_id = names.model("name", request.name)
+        record = self._record(model_id, request.name)
+        running = self.backend.in_use("models", model_id)
+        if running:
+            raise errors.failed_precondition(request.name, f"in use by running operations: {', '.join(running)}")
+        self.backend.catalog.delete("models", model_id)
+        self.backend.forget_artifact("weights", record["weights_sha256"])
+        return empty_pb2.Empty()
+
+    @errors.handle_errors
+    def ListLayers(self, request, context):
+        record = self._record(names.model("parent", request.parent), request.parent)
+        response = model_pb.ListLayersResponse(default_layers=record["default_layers"])
+        for layer in record["layers"]:
+            message = json_format.ParseDict(layer, response.layers.add(), ignore_unknown_fields=True)
+            message.is_default = layer["name"] in record["default_layers"]
+        return response
+
+    @errors.handle_errors
+    def ListArchitectures(self, request, context):
+        return model_pb.ListArchitecturesResponse(
+            architectures=[model_pb.Architecture(name=n) for n in self.backend.catalog.architectures()])
+
+    # ------------------------------------------------------------------ helpers
+    def _record(self, model_id: str, name: str) -> dict:
+        try:
+            return self.backend.catalog.get("models", model_id)
+        except KeyError:
+            raise errors.not_found("model", name) from None
+
+    def _check_header(self, header) -> None:
+        spec, problems = header.model, {}
+        known = self.backend.catalog.architectures()
+        if not spec.architecture or (known and spec.architecture not in known):
+            problems["header.model.architecture"] = (f"unknown architecture {spec.architecture!r}; valid: "
+                                                     f"{', '.join(known) or '(no worker has registered any yet)'}")
+        if spec.num_classes < 1:
+            problems["header.model.num_classes"] = "must be at least 1"
+        if spec.class_names and len(spec.class_names) != spec.num_classes:
+            problems["header.model.class_names"] = f"{len(spec.class_names)} names for {spec.num_classes} classes"
+        if not 1 <= spec.input_size <= MAX_INPUT_SIZE:
+            problems["header.model.input_size"] = f"must be between 1 and {MAX_INPUT_SIZE} pixels"
+        for field in ("mean", "std"):
+            values = list(getattr(spec, field))
+            if len(values) != 3 or (field == "std" and min(values) <= 0):
+                problems[f"header.model.{field}"] = "needs 3 values (RGB)" + (", all positive" if field == "std" else "")
+        if not _SHA256.fullmatch(spec.sha256):
+            problems["header.model.sha256"] = "must be 64 lowercase hex digits"
+        if spec.size_bytes < 1:
+            problems["header.model.size_bytes"] = "must be the positive size of the weights file"
+        if problems:
+            raise errors.invalid_argument(problems)
+        if spec.size_bytes > self.backend.settings.max_model_bytes:
+            raise errors.resource_exhausted("header.model.size_bytes", f"{spec.size_bytes} bytes exceed the limit of "
+                                            f"{self.backend.settings.max_model_bytes} bytes per model")
+
+    def _validate(self, record: dict) -> dict:
+        """Run a ``validate_model`` job and wait for it: ``{layers, default_layers}`` or an error status."""
+        settings, queue = self.backend.settings, self.backend.queue
+        job = queue.submit("validate_model", {"model": {k: v for k, v in record.items() if k != "request_id"}})
+        job = queue.wait(job.id, settings.validate_timeout_s)
+        if job.state is JobState.SUCCEEDED:
+            queue.delete(job.id)
+            return {"layers": job.result["layers"], "default_layers": job.result["default_layers"]}
+        if not job.finished:
+            queue.cancel(job.id)
+            raise errors.ApiError(grpc.StatusCode.UNAVAILABLE,
+                                  f"no worker validated the weights within {settings.validate_timeout_s:g} s; "
+                                  "is a worker running? nothing was registered")
+        queue.delete(job.id)
+        error = job.error or {}
+        if error.get("code") == "INVALID_ARGUMENT":
+            raise errors.invalid_argument({"chunk": error.get("message", "")}, error.get("message"))
+        raise errors.ApiError(grpc.StatusCode.INTERNAL, f"validating the weights failed: {error.get('message')}")

@@ -1,0 +1,21 @@
+"""ProbeService: a no-op job through the whole control plane (API → Redis → worker → API)."""
+from __future__ import annotations
+
+from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
+from gigaudit_server import errors
+from gigaudit_server.api import operations
+
+MAX_SLEEP_S = 60.0
+
+
+class ProbeServicer(probe_grpc.ProbeServiceServicer):
+    def __init__(self, backend):
+        self.backend = backend
+
+    @errors.handle_errors
+    def SubmitProbe(self, request, context):
+        sleep = request.sleep.ToTimedelta().total_seconds()
+        if not 0 <= sleep <= MAX_SLEEP_S:
+            raise errors.invalid_argument({"sleep": f"must be between 0 and {MAX_SLEEP_S:g} seconds"})
+        job = self.backend.queue.submit("noop", {"sleep": sleep}, request_id=request.request_id or None)
+        return operations.to_operation(self.backend, job)

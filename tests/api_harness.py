@@ -1,0 +1,118 @@
+"""Helpers for the API tests: a real server on loopback, a real in-process worker, uploads of real artifacts."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import threading
+from pathlib import Path
+
+import grpc
+from grpc_status import rpc_status
+
+from gigaudit.v1 import dataset_service_pb2 as dataset_pb
+from gigaudit.v1 import model_service_pb2 as model_pb
+from gigaudit_server.config import Settings
+from gigaudit_server.server import GigauditServer
+
+PARTSNET = Path(__file__).resolve().parent.parent / "service" / "gig" / "assets" / "partsnet.safetensors"
+CHUNK = 16 * 1024
+
+
+def start_server(redis_url: str, store: str, **settings) -> GigauditServer:
+    """The API server on a free loopback port, on an external Redis (torch-free mode)."""
+    return GigauditServer(Settings(redis_url=redis_url, store=store, port=0, validate_timeout_s=60,
+                                   health_interval_s=0.2, **settings)).start()
+
+
+def start_worker(redis_url: str, store: str, name: str = "test-worker") -> tuple[threading.Thread, threading.Event]:
+    """A real worker (gig handlers) in a thread; set the event to stop it."""
+    import redis
+
+    from gigaudit_server.architectures import list_architectures
+    from gigaudit_server.catalog import Catalog
+    from gigaudit_server.jobs import JobQueue
+    from gigaudit_server.storage import ArtifactStore
+    from gigaudit_server.tasks import Tasks
+    from gigaudit_server.worker import Worker
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    Catalog(client).publish_architectures(list_architectures())
+    tasks = Tasks(ArtifactStore(store), "cpu", batch_size=16, n_exemplars=2, exemplar_concepts=4)
+    worker = Worker(JobQueue(client), tasks.handlers(), tasks.reducers(), name=name, poll_interval=0.1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def channel(server: GigauditServer) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{server.port}")
+
+
+def status_of(error: grpc.RpcError):
+    """The ``google.rpc.Status`` (with details) of a failed call."""
+    return rpc_status.from_call(error)
+
+
+def details_of(error: grpc.RpcError) -> dict:
+    """``{detail type name: unpacked message}`` of a failed call."""
+    from google.rpc import error_details_pb2
+
+    found = {}
+    for detail in status_of(error).details:
+        for kind in ("BadRequest", "ResourceInfo", "ErrorInfo", "PreconditionFailure", "QuotaFailure"):
+            message = getattr(error_details_pb2, kind)()
+            if detail.Is(message.DESCRIPTOR):
+                detail.Unpack(message)
+                found[kind] = message
+    return found
+
+
+def partsnet_bytes() -> bytes:
+    return PARTSNET.read_bytes()
+
+
+def model_requests(model_id: str, data: bytes, *, architecture="partsnet", num_classes=6, input_size=32,
+                   request_id="", sha256=None, size_bytes=None, class_names=()):
+    header = model_pb.UploadModelHeader(model_id=model_id, request_id=request_id, model=model_pb.Model(
+        display_name=model_id, architecture=architecture, num_classes=num_classes, class_names=class_names,
+        input_size=input_size, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0],
+        size_bytes=len(data) if size_bytes is None else size_bytes,
+        sha256=hashlib.sha256(data).hexdigest() if sha256 is None else sha256))
+    yield model_pb.UploadModelRequest(header=header)
+    for start in range(0, len(data), CHUNK):
+        yield model_pb.UploadModelRequest(chunk=data[start:start + CHUNK])
+
+
+def dataset_requests(dataset_id: str, data: bytes, *, request_id="", sha256=None, size_bytes=None):
+    header = dataset_pb.UploadDatasetHeader(dataset_id=dataset_id, request_id=request_id, dataset=dataset_pb.Dataset(
+        display_name=dataset_id, size_bytes=len(data) if size_bytes is None else size_bytes,
+        sha256=hashlib.sha256(data).hexdigest() if sha256 is None else sha256))
+    yield dataset_pb.UploadDatasetRequest(header=header)
+    for start in range(0, len(data), CHUNK):
+        yield dataset_pb.UploadDatasetRequest(chunk=data[start:start + CHUNK])
+
+
+def parts_tar(n: int = 12, size: int = 32, seed: int = 0) -> bytes:
+    """An ImageFolder-style tar of PNGs from gig.synthetic (class folders 0..5, named so they sort by class id)."""
+    import numpy as np
+    from PIL import Image
+
+    from gig.synthetic import make_parts_dataset
+
+    images, labels, _ = make_parts_dataset(n, size=size, seed=seed)
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for i, (picture, label) in enumerate(zip(pixels, labels.tolist())):
+            png = io.BytesIO()
+            Image.fromarray(picture).save(png, format="PNG")
+            add_member(tar, f"class{label}/{i:04d}.png", png.getvalue())
+    return out.getvalue()
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))

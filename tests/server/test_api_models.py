@@ -1,0 +1,149 @@
+"""ModelService over real gRPC on loopback, a real Redis and a real worker: uploads, validation, refusals."""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+
+import grpc
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+
+import api_harness as h
+from gigaudit.v1 import model_service_pb2 as model_pb
+from gigaudit.v1 import model_service_pb2_grpc as model_grpc
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    return f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def server(redis_client, redis_url, store):
+    server = h.start_server(redis_url, store)
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture
+def worker(redis_client, redis_url, store):
+    thread, stop = h.start_worker(redis_url, store)
+    yield
+    stop.set()
+    thread.join(10)
+
+
+@pytest.fixture
+def models(server):
+    with h.channel(server) as channel:
+        yield model_grpc.ModelServiceStub(channel)
+
+
+def stored_weights(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "store" / "weights").rglob("*") if p.is_file()) \
+        if (tmp_path / "store" / "weights").exists() else []
+
+
+def refused(call, code: grpc.StatusCode) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == code, info.value.details()
+    return info.value
+
+
+def test_upload_registers_a_validated_model_and_lists_its_layers(models, worker):
+    data = h.partsnet_bytes()
+    model = models.UploadModel(h.model_requests("parts", data))
+    assert model.name == "models/parts" and model.sha256 and model.size_bytes == len(data)
+    assert model.default_layers, "validation reports the default layers"
+    assert models.GetModel(model_pb.GetModelRequest(name="models/parts")) == model
+    layers = models.ListLayers(model_pb.ListLayersRequest(parent="models/parts"))
+    cuts = {layer.name for layer in layers.layers if layer.is_cut}
+    assert set(layers.default_layers) <= cuts
+    assert all(layer.type and (layer.is_cut or layer.reason) for layer in layers.layers)
+    assert [layer.name for layer in layers.layers if layer.is_default] == list(layers.default_layers)
+    assert "partsnet" in {a.name for a in models.ListArchitectures(model_pb.ListArchitecturesRequest()).architectures}
+
+
+def test_retried_upload_returns_the_original_and_another_request_is_refused(models, worker):
+    data = h.partsnet_bytes()
+    first = models.UploadModel(h.model_requests("parts", data, request_id="r-1"))
+    assert models.UploadModel(h.model_requests("parts", data, request_id="r-1")) == first
+    error = refused(lambda: models.UploadModel(h.model_requests("parts", data, request_id="r-2")),
+                    grpc.StatusCode.ALREADY_EXISTS)
+    assert h.details_of(error)["ResourceInfo"].resource_name == "models/parts"
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torchscript", "garbage"])
+def test_code_carrying_or_foreign_formats_are_refused_before_storing(models, tmp_path, kind):
+    if kind == "pickle":
+        data = pickle.dumps({"weight": [1.0, 2.0]}, protocol=4)
+    elif kind == "torchscript":
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buffer)
+        data = buffer.getvalue()
+        assert zipfile.is_zipfile(io.BytesIO(data))
+    else:
+        data = b"\xff" * 64
+    error = refused(lambda: models.UploadModel(h.model_requests("bad", data)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "safetensors" in error.details()
+    assert {"pickle": "pickle", "torchscript": "zip"}.get(kind, "header") in error.details()
+    assert h.details_of(error)["BadRequest"].field_violations[0].field == "chunk"
+    assert stored_weights(tmp_path) == []
+    refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/bad")), grpc.StatusCode.NOT_FOUND)
+
+
+def test_truncated_upload_and_wrong_sha256_store_nothing(models, tmp_path):
+    data = h.partsnet_bytes()
+    error = refused(lambda: models.UploadModel(h.model_requests("cut", data[:-100], size_bytes=len(data),
+                                                                sha256="0" * 64)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "truncated" in error.details()
+    error = refused(lambda: models.UploadModel(h.model_requests("sha", data, sha256="ab" * 32)),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+    assert "sha256 mismatch" in error.details()
+    assert stored_weights(tmp_path) == []
+    assert not models.ListModels(model_pb.ListModelsRequest()).models
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused_listing_the_keys(models, worker, tmp_path):
+    from gig.synthetic import PartsNet
+
+    data = save_safetensors({k: v.contiguous() for k, v in PartsNet(num_classes=4).state_dict().items()})
+    error = refused(lambda: models.UploadModel(h.model_requests("four", data, num_classes=6)),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+    assert "mis-shaped keys" in error.details() and "[4" in error.details(), error.details()
+    assert stored_weights(tmp_path) == [], "refused weights are removed again"
+    refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/four")), grpc.StatusCode.NOT_FOUND)
+
+
+def test_bad_headers_name_each_field(models, worker):
+    error = refused(lambda: models.UploadModel(h.model_requests(
+        "Bad_Id", b"x", architecture="nonesuch", num_classes=0, input_size=0)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert [v.field for v in h.details_of(error)["BadRequest"].field_violations] == ["header.model_id"]
+    error = refused(lambda: models.UploadModel(h.model_requests("ok", b"x", architecture="nonesuch", num_classes=0)),
+                    grpc.StatusCode.INVALID_ARGUMENT)
+    fields = {v.field: v.description for v in h.details_of(error)["BadRequest"].field_violations}
+    assert {"header.model.architecture", "header.model.num_classes"} <= set(fields)
+    assert "resnet18" in fields["header.model.architecture"], "the valid architectures are listed"
+    refused(lambda: models.UploadModel(iter([model_pb.UploadModelRequest(chunk=b"x")])),
+            grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_list_pages_and_delete(models, worker, tmp_path):
+    data = h.partsnet_bytes()
+    for name in ("a", "b", "c"):
+        models.UploadModel(h.model_requests(name, data))
+    first = models.ListModels(model_pb.ListModelsRequest(page_size=2))
+    second = models.ListModels(model_pb.ListModelsRequest(page_size=2, page_token=first.next_page_token))
+    assert [m.name for m in (*first.models, *second.models)] == ["models/a", "models/b", "models/c"]
+    assert not second.next_page_token
+    refused(lambda: models.ListModels(model_pb.ListModelsRequest(page_token="nonsense")),
+            grpc.StatusCode.INVALID_ARGUMENT)
+    models.DeleteModel(model_pb.DeleteModelRequest(name="models/a"))
+    assert len(stored_weights(tmp_path)) == 1, "weights shared with other models stay"
+    models.DeleteModel(model_pb.DeleteModelRequest(name="models/b"))
+    models.DeleteModel(model_pb.DeleteModelRequest(name="models/c"))
+    assert stored_weights(tmp_path) == []
+    refused(lambda: models.DeleteModel(model_pb.DeleteModelRequest(name="models/a")), grpc.StatusCode.NOT_FOUND)
