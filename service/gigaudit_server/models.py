@@ -71,14 +71,14 @@ def load_model(architecture: str, num_classes: int, data: bytes, device: str | t
 
 
 class ModelCache:
-    """Resident models keyed by (weights sha256, architecture, device); the least recently used is evicted."""
+    """Resident models keyed by (weights sha256, architecture, classes, device); the least recently used goes first."""
 
     def __init__(self, store: ArtifactStore, capacity: int = 4):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
         self.store = store
         self.capacity = capacity
-        self._models: OrderedDict[tuple[str, str, str], nn.Module] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str, int, str], nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, record: Mapping, device: str | torch.device = "cpu") -> nn.Module:
@@ -87,7 +87,7 @@ class ModelCache:
             architecture, num_classes, sha = record["architecture"], record["num_classes"], record["weights_sha256"]
         except KeyError as exc:
             raise ValueError(f"model record lacks {exc.args[0]!r}") from exc
-        key = (sha, architecture, str(torch.device(device)))
+        key = (sha, architecture, num_classes, str(torch.device(device)))
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
