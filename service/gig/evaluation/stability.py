@@ -4,7 +4,8 @@
   Hungarian algorithm on cosine similarity; the mean matched cosine is 1 for identical sets (in any order).
 - :func:`compare_graphs`: two concept graphs (e.g. built on clean and on noisy images) agree on their ``top_k``
   edges by ``|mean|`` (overlap in ``[0, 1]``) and on the ranking of every edge weight (Spearman correlation over
-  the union of their edges, a missing edge counting as weight 0).
+  the union of their edges, a missing edge counting as weight 0);
+- :func:`noise_stability`: the graphs of the same images, clean and with Gaussian noise, compared that way.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
+
+from gig.build import build_graph
 
 
 def match_concepts(vectors_a: torch.Tensor, vectors_b: torch.Tensor) -> dict:
@@ -68,3 +71,23 @@ def compare_graphs(graph_a, graph_b, top_k: int = 20) -> dict:
 
 def _top(weights: dict, k: int) -> set:
     return set(sorted(weights, key=lambda e: (-abs(weights[e]), e))[:k])
+
+
+def noise_stability(model, images: torch.Tensor, labels, concepts, graph=None, noise_std: float = 0.05,
+                    top_k: int = 20, seed: int = 0, **build) -> dict:
+    """Compare the graph of ``images`` (``graph`` when already built on exactly them) with the graph of the same
+    images plus Gaussian noise of ``noise_std`` times their standard deviation (seeded). ``build`` goes to
+    :func:`gig.build.build_graph`. Returns :func:`compare_graphs`' figures and ``noise_std``."""
+    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not noise_std > 0:
+        raise ValueError(f"noise_std must be a positive number, got {noise_std!r}")
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device)
+    noisy = images + noise_std * images.std() * noise
+    if graph is None:
+        graph = build_graph(model, _data(images, labels), concepts, **build)
+    other = build_graph(model, _data(noisy, labels), concepts, **build)
+    return {**compare_graphs(graph, other, top_k=top_k), "noise_std": noise_std}
+
+
+def _data(images, labels):
+    return [images] if labels is None else [(images, labels)]
