@@ -3,10 +3,11 @@ from gig.attribution import Attribution, attribute
 from gig.build import build_graph
 from gig.concepts import ConceptSet, LayerConcepts, extract_concepts
 from gig.erf import erf  # the function; the module stays importable as `from gig.erf import ...`
+from gig.evaluation import evaluate
 from gig.graph import ConceptGraph
 from gig.layers import LOGITS, LayerInfo, default_layers, list_layers, traced
 
 __all__ = [
     "Attribution", "attribute", "ConceptSet", "LayerConcepts", "extract_concepts", "erf", "LOGITS", "LayerInfo", "default_layers", "list_layers",
-    "traced", "ConceptGraph", "build_graph",
+    "traced", "ConceptGraph", "build_graph", "evaluate",
 ]

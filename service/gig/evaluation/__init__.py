@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from gig.build import build_graph
+from gig.concepts import extract_concepts
 from gig.data import check_reiterable, eval_mode, iter_batches
 from gig.evaluation.completeness import completeness
 from gig.evaluation.deletion import deletion_insertion
@@ -156,8 +157,6 @@ def _as_data(images, labels):
 
 def _seed_stability(model, data, concepts, layers, seed) -> dict:
     """Concepts re-extracted with ``seed + 1`` (the set's own settings) matched to ``concepts``."""
-    from gig.concepts.extract import extract_concepts
-
     if concepts.method == "given":
         return {"skipped": "the concepts were given as vectors, not extracted; there is no second seed to compare"}
     params = concepts.params
