@@ -24,6 +24,7 @@ from gigaudit.results import ConceptGraph
 
 EXIT_OK, EXIT_POLICY, EXIT_ERROR = 0, 1, 2
 RESOURCES = ("models", "datasets", "operations")
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--dataset", required=True, type=Path, help="folder (class/image.png) or tar/zip archive")
     audit.add_argument("--layers", nargs="+", default=[], help="analysed layers (default: the model's default)")
     audit.add_argument("--class-names", nargs="+", default=[])
-    audit.add_argument("--input-size", type=int, default=0, help="image size (default: the architecture's)")
-    audit.add_argument("--mean", type=float, nargs=3, default=[])
-    audit.add_argument("--std", type=float, nargs=3, default=[])
+    audit.add_argument("--input-size", type=int, default=224, help="side of the model's input images (224)")
+    audit.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, help="normalisation (ImageNet's)")
+    audit.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, help="normalisation (ImageNet's)")
     audit.add_argument("--n-concepts", type=int, default=0, help="concepts per layer (default: 8 x channels)")
     audit.add_argument("--steps", type=int, default=0, help="quadrature steps (default: 16)")
     audit.add_argument("--top-t", type=int, default=0, help="targets per image and layer (default: 5)")

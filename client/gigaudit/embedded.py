@@ -27,7 +27,7 @@ def embedded_server(startup_timeout: float = 120.0, store: str | None = None) ->
     with tempfile.TemporaryDirectory(prefix="gigaudit-") as tmp:
         port = _free_port()
         command = [sys.executable, "-m", "gigaudit_server", "serve", "--host", "127.0.0.1", "--port", str(port),
-                   "--store", store or Path(tmp, "store").as_uri()]
+                   "--store", store or Path(tmp, "store").as_uri(), "--data-dir", str(Path(tmp, "redis"))]
         log = open(Path(tmp, "server.log"), "wb")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         target = f"127.0.0.1:{port}"

@@ -46,6 +46,21 @@ class CurveSet:
         return self.auc[METHOD] >= baselines[best] + margin, best
 
 
+def in_layer_order(evidence: dict[str, Any], layers: list[str]) -> dict[str, Any]:
+    """The evidence with every section's "layer" and "a->b" keys sorted in forward layer order."""
+    rank = {layer: i for i, layer in enumerate(layers)}
+
+    def key(name: str) -> tuple:
+        return tuple(rank.get(part, len(rank)) for part in name.split("->")) + (name,)
+
+    def ordered(section: Any) -> Any:
+        if isinstance(section, dict) and section and all(k.split("->")[0] in rank for k in section):
+            return {k: section[k] for k in sorted(section, key=key)}
+        return section
+
+    return {name: ordered(section) for name, section in evidence.items()}
+
+
 def completeness(evidence: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(evidence.get("completeness") or {})
 

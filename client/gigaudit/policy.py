@@ -63,7 +63,7 @@ class DriftPolicy(_Strict):
 
 class Policy(_Strict):
     version: Literal[1] = 1
-    name: str = "policy"
+    name: str = "default"
     evidence: EvidencePolicy | None = None
     concentration: ConcentrationPolicy | None = None
     drift: DriftPolicy | None = None

@@ -109,7 +109,8 @@ class ConceptGraph:
 
     def class_label(self, node_id: str) -> str:
         node = self.nodes[node_id]
-        return node.get("name") or (self.classes[node["index"]] if node["index"] < len(self.classes) else node_id)
+        index = node["index"]
+        return node.get("name") or (self.classes[index] if index < len(self.classes) else f"class {index}")
 
     def incoming(self, node_id: str) -> list[dict]:
         return self._incoming.get(node_id, [])

@@ -48,7 +48,7 @@ def test_names_cannot_inject_markup(graph):
 def test_evidence_tables_and_curves(graph):
     policy = evaluate_policy({"evidence": {"max_completeness_delta": 0.005}}, graph)
     html = build_report(graph, policy=policy)
-    assert "Policy policy: FAILED" in html
+    assert "Policy “default”: FAILED" in html
     # deletion and insertion: 3 orders for one pair, 2 for the other; delta vs steps: mean and max
     assert html.count("<polyline") == 2 * 3 + 2 * 2 + 2
     assert "features.1-&gt;logits" in html and "stability.matched_cosine" in html
@@ -98,3 +98,9 @@ def test_hundreds_of_concepts_stay_readable(tmp_path):
     assert 40 <= nodes <= 40 + len(payload(path.read_text())["circuits"]["logits:3"]["nodes"])
     assert edges <= 2 * nodes
     assert build_s < 20, f"building the report took {build_s:.1f} s"
+
+
+def test_evidence_is_shown_in_forward_layer_order(graph):
+    graph["evidence"]["completeness"] = dict(reversed(list(graph["evidence"]["completeness"].items())))
+    html = build_report(graph)
+    assert html.index("<td>features.0-&gt;features.1</td>") < html.index("<td>features.1-&gt;logits</td>")

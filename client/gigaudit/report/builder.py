@@ -28,6 +28,7 @@ def build_report(graph: ConceptGraph | dict, *, exemplars: Mapping[str, Sequence
         raise ValueError(f"top_k and nodes_per_layer must be >= 1, got {top_k} and {nodes_per_layer}")
     policy_dict = policy.to_dict() if isinstance(policy, PolicyResult) else policy
     payload = _payload(view, exemplars or {}, coverage, thumb_size)
+    evidence = ev.in_layer_order(view.evidence, view.layers)
     payload["controls"] = {"top_k": top_k, "nodes_per_layer": nodes_per_layer}
     fields = {
         "title": escape(title),
@@ -36,7 +37,7 @@ def build_report(graph: ConceptGraph | dict, *, exemplars: Mapping[str, Sequence
         "data": json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c"),
         "summary": _summary(view, policy_dict),
         "policy": _policy_section(policy_dict),
-        "evidence": _evidence_section(view.evidence),
+        "evidence": _evidence_section(evidence),
     }
     html = _asset("template.html")
     for key, value in fields.items():
@@ -108,11 +109,11 @@ def _summary(view: ConceptGraph, policy: dict | None) -> str:
     facts = [("images", view.n_images), ("analysed layers", len(view.concept_layers)), ("concepts", n_concepts),
              ("classes", len(view.class_nodes())), ("edges", len(view.edges))]
     facts += [(k, v) for k, v in (view.data.get("params") or {}).items()]
-    items = "".join(f"<li><b>{escape(str(k))}</b> {escape(str(v))}</li>" for k, v in facts)
+    items = "".join(f"<li><b>{escape(str(k))}</b> {escape(_fmt(v))}</li>" for k, v in facts)
     verdict = ""
     if policy is not None:
         ok = policy["passed"]
-        verdict = (f'<p class="verdict {"pass" if ok else "fail"}">Policy {escape(policy["policy"])}: '
+        verdict = (f'<p class="verdict {"pass" if ok else "fail"}">Policy “{escape(policy["policy"])}”: '
                    f'{"PASSED" if ok else "FAILED"}</p>')
     return f"{verdict}<ul class=facts>{items}</ul>"
 
@@ -176,7 +177,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
     return str(value)
 
 

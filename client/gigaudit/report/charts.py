@@ -19,7 +19,7 @@ def line_chart(title: str, xs: list[float], series: dict[str, list[float]], *, x
     sy = _scale(y0, y1, HEIGHT - PAD, 24)
     parts = [_frame(title, x0, x1, y0, y1, x_label, y_label)]
     for i, (name, ys) in enumerate(series.items()):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = "#000" if name == highlight else PALETTE[i % len(PALETTE)]
         points = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys))
         width = 3 if name == highlight else 1.5
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width}" points="{points}"/>')

@@ -1,0 +1,121 @@
+"""AuditClient and the CLI against the real server (`python -m gigaudit_server serve`, embedded Redis + worker)."""
+import json
+import pickle
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from PIL import Image
+
+from gigaudit import AuditClient, GigauditError
+from gigaudit.cli import main
+from gigaudit.embedded import embedded_server
+
+gig_synthetic = pytest.importorskip("gig.synthetic")
+WEIGHTS = gig_synthetic.ASSETS / "partsnet.safetensors"
+MODEL = dict(architecture="partsnet", num_classes=6, input_size=32, mean=[0, 0, 0], std=[1, 1, 1])
+
+
+@pytest.fixture(scope="module")
+def server():
+    with embedded_server() as target:
+        yield target
+
+
+@pytest.fixture
+def client(server):
+    with AuditClient(server, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parts")
+    images, labels, _ = gig_synthetic.make_parts_dataset(12, size=32, seed=1)
+    for i, (x, y) in enumerate(zip(images, labels)):
+        folder = root / f"c{int(y)}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_architectures_are_listed(client):
+    assert "partsnet" in [a.name for a in client.list_architectures()]
+
+
+def test_upload_model_is_idempotent_per_request_id(client):
+    first = client.upload_model(WEIGHTS, "parts-a", request_id="req-parts-a", **MODEL)
+    assert first.name == "models/parts-a" and first.size_bytes == WEIGHTS.stat().st_size and len(first.sha256) == 64
+    again = client.upload_model(WEIGHTS, "parts-a", request_id="req-parts-a", **MODEL)
+    assert again == first
+    with pytest.raises(GigauditError) as exc:
+        client.upload_model(WEIGHTS, "parts-a", request_id="another", **MODEL)
+    assert exc.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert any(isinstance(d, error_details_pb2.ResourceInfo) for d in exc.value.details)
+    assert client.get_model("parts-a") == first
+    assert "parts-a" in [m.name.split("/")[1] for m in client.list_models()]
+    layers = client.list_layers("parts-a")
+    assert layers.default_layers and all(any(l.name == d for l in layers.layers) for d in layers.default_layers)
+
+
+def test_errors_carry_the_servers_details(client, tmp_path):
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(GigauditError) as exc:
+        client.upload_model(fake, "pickled", **MODEL)
+    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT and "pickle" in exc.value.message
+    with pytest.raises(GigauditError) as exc:
+        client.upload_model(WEIGHTS, "bad-arch", **{**MODEL, "architecture": "nope"})
+    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT and "architecture" in str(exc.value)
+    with pytest.raises(GigauditError) as exc:
+        client.get_model("pickled")
+    assert exc.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_dataset_folder_upload_list_delete(client, dataset_dir):
+    dataset = client.upload_dataset(dataset_dir, "parts-data")
+    assert dataset.image_count == 12 and set(dataset.class_names) <= {f"c{i}" for i in range(6)}
+    assert dataset.name in [d.name for d in client.list_datasets()]
+    client.delete_dataset("parts-data")
+    with pytest.raises(GigauditError) as exc:
+        client.get_dataset("parts-data")
+    assert exc.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_unreachable_server_is_unavailable():
+    with AuditClient("127.0.0.1:1", timeout=2) as c:
+        with pytest.raises(GigauditError) as exc:
+            c.wait_ready(timeout=1)
+    assert exc.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.slow
+def test_cli_audit_writes_report_and_gates(server, dataset_dir, tmp_path, capsys):
+    (tmp_path / "policy.yaml").write_text("concentration:\n  max_share: 1.0\n")
+    args = ["audit", "--server", server, "--model", str(WEIGHTS), "--arch", "partsnet", "--num-classes", "6",
+            "--dataset", str(dataset_dir), "--input-size", "32", "--mean", "0", "0", "0", "--std", "1", "1", "1",
+            "--n-concepts", "6", "--steps", "4", "--exemplars", "3", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--policy", str(tmp_path / "policy.yaml")]) == 0
+    graph = json.loads((tmp_path / "a" / "graph.json").read_text())
+    assert graph["n_images"] == 12 and graph["layers"][-1] == "logits" and graph["edges"]
+    concepts = [n for n in graph["nodes"] if n["kind"] == "concept"]
+    assert concepts and all(n["exemplars"] for n in concepts if n["count"])
+    html = (tmp_path / "a" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= len([n for n in concepts if n["exemplars"]])
+    assert json.loads((tmp_path / "a" / "policy.json").read_text())["passed"] is True
+    # the same audit again reuses model, dataset and operation; a strict policy fails it with exit code 1
+    (tmp_path / "strict.yaml").write_text("concentration:\n  max_share: 0.01\n")
+    assert main(args + ["--out", str(tmp_path / "b"), "--policy", str(tmp_path / "strict.yaml")]) == 1
+    assert json.loads((tmp_path / "b" / "graph.json").read_text()) == graph
+    assert "policy check failed: concentration" in capsys.readouterr().err
+
+
+def test_cli_reports_server_errors_with_exit_2(server, tmp_path, capsys):
+    args = ["audit", "--server", server, "--model", str(WEIGHTS), "--arch", "no-such-arch", "--num-classes", "6",
+            "--dataset", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "architecture" in err
+    assert main(["models", "get", "missing-model", "--server", server]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
