@@ -94,7 +94,8 @@ class Tasks:
         model = self.models.get(params["model"], self.device)
         concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
         images, labels, _ = self._images(params, start, stop)
-        graph = self._graph(model, images, labels, concepts, params, ctx.progress, start)
+        graph = self._graph(model, images, labels, concepts, _options(params, GRAPH_DEFAULTS), params, ctx.progress,
+                            start)
         if ctx.job.parent is None and ctx.shard_count == 1:
             return self._graph_result(graph)
         return {"partial_sha": self._put_json("graphs", graph.to_dict()), "n_images": stop - start}
@@ -108,24 +109,25 @@ class Tasks:
         return self._graph_result(reduce(gig.ConceptGraph.merge, partials))
 
     def audit(self, ctx: JobContext) -> dict:
-        """Extraction, graph and (when ``gig.evaluate`` exists) the evidence of DESIGN §1.5, in one job.
+        """Extraction, graph and the evidence of DESIGN §1.5 (``gig.evaluate``) in one job.
 
-        Params are those of both jobs; ``clustering`` and ``quadrature`` name the two methods.
+        Params are those of both jobs, with ``clustering`` and ``quadrature`` naming the two methods; optional
+        ``metrics`` (gig.evaluate's default set when absent) and ``evaluation_images`` (default 16).
         """
         params = ctx.job.params
         model = self.models.get(params["model"], self.device)
         images, labels, names = self._images(params)
         concepts = self._extract(model, images, labels, {**params, "method": params.get("clustering")}, ctx.progress)
         result = self._store_concepts(model, concepts, images, names, params, ctx.progress)
-        graph = self._graph(model, images, labels, concepts, {**params, "method": params.get("quadrature")},
-                            ctx.progress, 0)
-        evaluate = getattr(gig, "evaluate", None)
-        if evaluate is not None:
-            graph.evidence.update(evaluate(model, self._batches(images, labels), concepts, graph,
-                                           progress=ctx.progress))
-        graph_result = self._graph_result(graph)
+        graph_options = _options({**params, "method": params.get("quadrature")}, GRAPH_DEFAULTS)
+        graph = self._graph(model, images, labels, concepts, graph_options, params, ctx.progress, 0)
+        metrics = {"metrics": params["metrics"]} if params.get("metrics") else {}
+        gig.evaluate(model, self._batches(images, labels), concepts, graph, steps=graph_options["steps"],
+                     method=graph_options["method"], top_t=graph_options["top_t"], progress=ctx.progress,
+                     max_images=params.get("evaluation_images") or 16, seed=params.get("seed") or 0, **metrics)
+        graph_result = self._graph_result(graph)  # the evidence is in the graph now
         return {**result, "graph_sha": graph_result["graph_sha"], "n_images": graph_result["n_images"],
-                "evidence": graph.to_dict().get("evidence", {})}
+                "evidence": graph.to_dict()["evidence"]}
 
     def noop(self, ctx: JobContext) -> dict:
         """Sleep ``params["sleep"]`` seconds in tenths, reporting progress (and honouring cancellation)."""
@@ -232,12 +234,11 @@ class Tasks:
                       "ierf_png": exemplars.ierf_png(picture, heat)}
                 for row, crop, picture, heat in zip(rows, crops, pictures, maps.cpu().numpy())}
 
-    def _graph(self, model, images, labels, concepts, params, progress, start_index):
-        options = _options(params, GRAPH_DEFAULTS)
-        record = params["model"]
+    def _graph(self, model, images, labels, concepts, options, params, progress, start_index):
         return gig.build_graph(model, self._batches(images, labels), concepts, layers=params.get("layers") or None,
-                               device=self.device, progress=progress, class_names=record.get("class_names") or None,
-                               start_index=start_index, **options)
+                               device=self.device, progress=progress,
+                               class_names=params["model"].get("class_names") or None, start_index=start_index,
+                               **options)
 
     def _graph_result(self, graph) -> dict:
         data = graph.to_dict()

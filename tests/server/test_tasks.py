@@ -203,7 +203,8 @@ def test_audit_runs_extraction_graph_and_evaluation(world, queue):
     options = {**EXTRACT, **GRAPH, "clustering": EXTRACT["method"], "quadrature": GRAPH["method"]}
     del options["method"]
     job = queue.submit("audit", {"model": world["model"], "dataset": world["dataset"], "layers": LAYERS[1:],
-                                 **options, "concept_set": "audit"})
+                                 **options, "concept_set": "audit", "metrics": ["reconstruction", "fidelity"],
+                                 "evaluation_images": 4})
     Worker(queue, world["tasks"].handlers()).run_one(block_ms=200)
     done = queue.get(job.id)
     assert done.state is JobState.SUCCEEDED, done.error
@@ -213,9 +214,11 @@ def test_audit_runs_extraction_graph_and_evaluation(world, queue):
     graph = json.loads(world["store"].read("graphs", result["graph_sha"]))
     assert graph["layers"] == [*LAYERS[1:], "logits"] and graph["n_images"] == N_IMAGES
     assert result["evidence"] == graph["evidence"]
-    assert "completeness" in result["evidence"]
-    if hasattr(gig, "evaluate"):
-        assert len(result["evidence"]) > 2
+    evidence = result["evidence"]
+    assert set(evidence["completeness"]) == {"features.2->features.3", "features.3->logits"}
+    assert 0 <= evidence["reconstruction"]["features.3"]["spliced_top1"] <= 1  # added by gig.evaluate
+    assert set(evidence["fidelity"]) == {"features.2->features.3", "features.3->logits"}
+    assert "deletion" not in evidence  # only the metrics asked for
 
 
 def test_noop_stops_when_cancelled(world, queue):
