@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024**2
@@ -31,6 +31,21 @@ class Settings(BaseSettings):
     validate_timeout_s: float = Field(120.0, gt=0, description="how long UploadModel waits for validation")
     max_workers: int = Field(64, ge=1, description="threads serving RPCs (streams hold one each)")
     health_interval_s: float = Field(2.0, gt=0, description="how often worker heartbeats are checked")
+    # Security and limits (gigaudit_server.auth, .tls, .limits, .probes)
+    health_port: int | None = Field(None, ge=0, le=65535, description="plaintext port serving only health checks")
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain; with tls_key_file: TLS on the API port")
+    tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: str | None = Field(None, description="PEM CA bundle; set: clients need a certificate (mTLS)")
+    auth_tokens_file: str | None = Field(None, description="'<name> <role> <sha256 of token>' lines; unset: no auth")
+    max_jobs_per_client: int | None = Field(None, ge=1, description="unfinished operations per client; unset: no limit")
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mTLS) needs TLS: set tls_cert_file and tls_key_file")
+        return self
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

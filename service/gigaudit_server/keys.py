@@ -70,3 +70,9 @@ def usage(collection_name: str, resource_id: str) -> str:
 def architectures() -> str:
     """Set of the architecture names that workers can build (published by workers, read by the torch-free API)."""
     return _key("architectures")
+
+
+# --- limits (gigaudit_server.limits) -----------------------------------------------------------
+def client_jobs(client: str) -> str:
+    """Sorted set of a client's possibly unfinished job ids (and short-lived reservations) by time added."""
+    return _key("client", client, "jobs")

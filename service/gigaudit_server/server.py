@@ -16,10 +16,13 @@ import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gigaudit_server import api, keys
+from gigaudit_server import api, keys, tls
+from gigaudit_server.auth import AuthInterceptor
 from gigaudit_server.catalog import Catalog
 from gigaudit_server.config import Settings
 from gigaudit_server.jobs import JobQueue
+from gigaudit_server.limits import LimitsInterceptor
+from gigaudit_server.probes import ProbeServer
 from gigaudit_server.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -44,15 +47,23 @@ class GigauditServer:
                   ("grpc.max_send_message_length", settings.max_message_bytes)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                                              thread_name_prefix="rpc"),
-                                  interceptors=list(interceptors), options=limits)
+                                  interceptors=[*self._security(), *interceptors], options=limits)
         api.add_servicers(self.server, self.backend)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*api.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert_file:
+            credentials = tls.server_credentials(settings.tls_cert_file, settings.tls_key_file,
+                                                 settings.tls_client_ca_file)
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise ValueError(f"cannot listen on {settings.host}:{settings.port}")
+        self.probes = None if settings.health_port is None else ProbeServer(self.health, settings.host,
+                                                                            settings.health_port)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -62,6 +73,8 @@ class GigauditServer:
         self._threads.append(threading.Thread(target=self._check_health, name="health", daemon=True))
         self._threads[-1].start()
         self.server.start()
+        if self.probes is not None:
+            self.probes.start()
         log.info("gigaudit API on %s:%d (%s)", self.settings.host, self.port,
                  self.settings.redis_url or "embedded Redis and worker")
         return self
@@ -71,6 +84,8 @@ class GigauditServer:
 
     def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
+        if self.probes is not None:
+            self.probes.stop(0)
         self.server.stop(grace).wait()
         for thread in self._threads:
             thread.join(timeout=grace + 30)
@@ -78,6 +93,15 @@ class GigauditServer:
             self._embedded_redis.shutdown()
 
     # ------------------------------------------------------------------ internals
+    def _security(self) -> list:
+        """The interceptors that settings ask for: tokens and roles first, then per-client limits."""
+        chain = []
+        if self.settings.auth_tokens_file:
+            chain.append(AuthInterceptor.from_file(self.settings.auth_tokens_file))
+        if self.settings.max_jobs_per_client:
+            chain.append(LimitsInterceptor(self.redis, self.settings.max_jobs_per_client))
+        return chain
+
     def workers_alive(self) -> bool:
         """Whether any worker's heartbeat key is alive."""
         return next(self.redis.scan_iter(match=keys.heartbeat("*"), count=1000), None) is not None
