@@ -12,6 +12,7 @@ cuts a :class:`PairProblem` out of it for one pair.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -137,7 +138,7 @@ class PairProblem:
     def _chunk_rows(self) -> int:
         if self.max_batch_rows is not None:
             return self.max_batch_rows
-        per_row = self.coefficients[0].numel() + _numel(self.like_shape[1:]) + self.target_weights[0].numel()
+        per_row = self.coefficients[0].numel() + math.prod(self.like_shape[1:]) + self.target_weights[0].numel()
         return max(1, ROW_BUDGET_ELEMENTS // per_row)
 
 
@@ -163,10 +164,3 @@ def pair_problem(model: nn.Module, batch: AnalysedBatch, source: str, target: st
     return PairProblem(segment, coefficients[rows], batch.vectors[source], (rows.shape[0], *like_shape[1:]),
                        weights.flatten(0, 1), "projection", target_vectors=units[chosen.flatten()], steps=steps,
                        method=method, max_batch_rows=max_batch_rows)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

@@ -76,7 +76,7 @@ def test_every_metric_is_json_and_updates_the_graph_evidence():
     assert result["images"] == 5
     assert set(result) == {"images", *gig.evaluation.METRICS}
     assert calls[0] == ("evaluate", 0, 6) and calls[-1] == ("evaluate", 6, 6)
-    assert result["stability"]["seeds"] == {"skipped": pytest.approx(result["stability"]["seeds"]["skipped"])}
+    assert "given as vectors" in result["stability"]["seeds"]["skipped"]
     evidence = graph.evidence
     # The graph's own dataset-wide figures stay; the evaluation adds to them.
     assert evidence["completeness"]["block2->block3"]["dataset_delta"] == dataset_delta
