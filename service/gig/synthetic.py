@@ -106,6 +106,24 @@ def make_parts_dataset(n: int, size: int = 32, seed: int = 0):
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(masks)
 
 
+def part_coverage(part_masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """Fraction of each cell of a ``grid × grid`` partition covered by each part: ``(n, len(PARTS), grid·grid)``,
+    cells in row-major order like PFV positions (``gig.pfv``). ``size`` must be a multiple of ``grid``."""
+    n, size, _ = part_masks.shape
+    if size % grid:
+        raise ValueError(f"the image size {size} is not a multiple of the grid {grid}")
+    onehot = nn.functional.one_hot(part_masks, len(PARTS) + 1).permute(0, 3, 1, 2).float()
+    return nn.functional.avg_pool2d(onehot, size // grid)[:, 1:].flatten(2)
+
+
+def part_labels(part_masks: torch.Tensor, grid: int, min_cover: float = 0.25) -> torch.Tensor:
+    """The ground-truth part of each cell of a ``grid × grid`` partition (e.g. a layer's PFV positions):
+    ``(n, grid·grid)`` with the part id covering most of the cell when it covers at least ``min_cover`` of it,
+    ``0`` when no part touches the cell, ``-1`` (ambiguous) otherwise."""
+    best, part = part_coverage(part_masks, grid).max(1)
+    return torch.where(best >= min_cover, part + 1, torch.where(best > 0, -1, 0))
+
+
 class ConvBlock(nn.Module):
     """conv 3×3 → batch norm → ReLU, then an optional 2×2 max pool. Its output is a cut of :class:`PartsNet`."""
 

@@ -6,7 +6,7 @@ import gig
 from gig.layers import LOGITS, traced
 from gig.synthetic import (
     ASSETS, CLASS_NAMES, CLASS_PARTS, PART_NAMES, PARTS, PartsNet, accuracy, load_parts_net, make_parts_dataset,
-    save_parts_net, train_parts_net,
+    part_coverage, part_labels, save_parts_net, train_parts_net,
 )
 
 RGB = {"red": 0, "green": 1, "blue": 2}
@@ -59,6 +59,19 @@ def test_size_scales_the_parts():
 def test_bad_dataset_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_parts_dataset(**kwargs)
+
+
+def test_part_labels_of_cells():
+    _, _, masks = make_parts_dataset(6, seed=4)
+    assert torch.equal(part_labels(masks, 32), masks.flatten(1))  # one-pixel cells: the mask itself
+    coverage = part_coverage(masks, 4)
+    assert coverage.shape == (6, len(PARTS), 16) and (coverage.sum(1) <= 1 + 1e-6).all()
+    labels = part_labels(masks, 4, min_cover=0.25)
+    best = coverage.max(1).values
+    assert ((labels > 0) == (best >= 0.25)).all() and ((labels == 0) == (best == 0)).all()
+    assert ((labels == -1) == ((best > 0) & (best < 0.25))).all()
+    with pytest.raises(ValueError, match="multiple"):
+        part_labels(masks, 5)
 
 
 def test_partsnet_default_layers_are_its_blocks_and_segments_run():
