@@ -395,14 +395,20 @@ class ConceptGraph:
 
 # ---------------------------------------------------------------------------------------------- evidence
 def merge_evidence(a: dict, b: dict) -> dict:
-    """Add up the additive evidence sections (``completeness``, ``reconstruction``); keep the rest where equal."""
+    """Add up the additive evidence sections (``completeness``, ``reconstruction``: entries with raw sums, as
+    :func:`gig.build_graph` writes them; an entry in one graph only is kept, one without raw sums is dropped);
+    keep every other section only where both graphs agree."""
     out = {}
     for key in a.keys() | b.keys():
         if key in _ADDITIVE:
+            merge, raw = _ADDITIVE[key]
             merged = {}
             for name in a.get(key, {}).keys() | b.get(key, {}).keys():
                 x, y = a.get(key, {}).get(name), b.get(key, {}).get(name)
-                merged[name] = _ADDITIVE[key](x, y) if x and y else dict(x or y)
+                if x is None or y is None:
+                    merged[name] = _plain(x if y is None else y)
+                elif raw <= x.keys() and raw <= y.keys():
+                    merged[name] = merge(x, y)
             out[key] = dict(sorted(merged.items()))
         elif a.get(key) == b.get(key):
             out[key] = a[key]
@@ -437,7 +443,10 @@ def _merge_reconstruction(x: dict, y: dict) -> dict:
                                 x["nonzero"] + y["nonzero"], x["coefficients"] + y["coefficients"])
 
 
-_ADDITIVE = {"completeness": _merge_completeness, "reconstruction": _merge_reconstruction}
+_ADDITIVE = {
+    "completeness": (_merge_completeness, {"count", "delta_sum", "delta_max", "error_sum", "difference_sum", "steps"}),
+    "reconstruction": (_merge_reconstruction, {"error_sq_sum", "norm_sq_sum", "nonzero", "coefficients"}),
+}
 
 
 # ---------------------------------------------------------------------------------------------- helpers

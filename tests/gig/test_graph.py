@@ -249,3 +249,21 @@ def test_empty_data_and_wrong_concepts(setup):
     wrong = gig.ConceptSet.from_vectors({"features.2": torch.randn(4, 16)})  # features.2 has 32 channels
     with pytest.raises(ValueError, match="32"):
         gig.build_graph(model, batches, wrong)
+
+
+def test_merge_adds_raw_evidence_and_keeps_only_agreed_sections(setup):
+    from gig.graph import merge_evidence
+
+    _, batches, _ = setup
+    a, b = build(setup, batches[:1]), build(setup, batches[1:2], start_index=BATCH)
+    a.evidence.update(images=8, sanity={"top_k_overlap": 0.1})
+    b.evidence.update(images=8, sanity={"top_k_overlap": 0.3})
+    merged = a.merge(b).evidence
+    assert merged["images"] == 8 and "sanity" not in merged
+    pair = "features.3->logits"
+    assert merged["completeness"][pair]["count"] == 2 * BATCH
+    assert merged["completeness"][pair]["delta_max"] == max(g.evidence["completeness"][pair]["delta_max"] for g in (a, b))
+    # an entry without raw sums (e.g. only summary figures) cannot be added up and is dropped
+    summary = {"completeness": {pair: {"dataset_delta": 0.1}}}
+    assert merge_evidence(summary, a.evidence)["completeness"] == {
+        k: v for k, v in a.evidence["completeness"].items() if k != pair}
