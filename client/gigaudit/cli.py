@@ -81,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     arch.set_defaults(run=_architectures)
 
     for resource in RESOURCES:
-        p = sub.add_parser(resource, help=f"list, get or delete {resource}")
-        p.add_argument("action", choices=["list", "get", "delete"] + (["cancel"] if resource == "operations" else []))
+        p = sub.add_parser(resource, help=f"list, get or delete {resource}"
+                           + (" (also cancel, or wait for one with a progress bar)" if resource == "operations" else ""))
+        p.add_argument("action", choices=["list", "get", "delete"] + (["cancel", "wait"] if resource == "operations" else []))
         p.add_argument("name", nargs="?", help=f"{resource[:-1]} id or resource name (get, delete)")
         _connection(p)
         p.set_defaults(run=_manage, resource=resource)
@@ -182,6 +183,9 @@ def _manage(args) -> int:
         if args.action == "list":
             items = getattr(client, f"list_{args.resource}")()
             print(json.dumps([json_format.MessageToDict(i) for i in items], indent=2))
+        elif args.action == "wait":
+            client.wait(args.name)
+            print(json.dumps(json_format.MessageToDict(client.get_operation(args.name)), indent=2))
         elif args.action == "get":
             print(json.dumps(json_format.MessageToDict(getattr(client, f"get_{noun}")(args.name)), indent=2))
         else:

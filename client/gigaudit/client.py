@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -31,6 +32,8 @@ from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
+from gigaudit.v1 import probe_service_pb2 as probe_pb
+from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
 
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 64 << 20
@@ -62,6 +65,7 @@ class AuditClient:
         self.datasets = dataset_grpc.DatasetServiceStub(self.channel)
         self.audits = audit_grpc.AuditServiceStub(self.channel)
         self.operations = operations_pb2_grpc.OperationsStub(self.channel)
+        self.probes = probe_grpc.ProbeServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -165,6 +169,12 @@ class AuditClient:
             layers=list(layers), concept_options=audit_pb.ConceptOptions(**(concept_options or {})),
             graph_options=audit_pb.GraphOptions(**(graph_options or {})), request_id=request_id or _request_id())
         return self._call(self.audits.Audit, request)
+
+    def probe(self, sleep: float = 0.0, request_id: str | None = None) -> operations_pb2.Operation:
+        """Queue a job that only sleeps on a worker: an end-to-end check of queue and workers."""
+        request = probe_pb.SubmitProbeRequest(request_id=request_id or _request_id())
+        request.sleep.FromTimedelta(timedelta(seconds=sleep))
+        return self._call(self.probes.SubmitProbe, request)
 
     def get_operation(self, name: str) -> operations_pb2.Operation:
         return self._call(self.operations.GetOperation,

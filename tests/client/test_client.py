@@ -119,3 +119,30 @@ def test_cli_reports_server_errors_with_exit_2(server, tmp_path, capsys):
     assert "INVALID_ARGUMENT" in err and "architecture" in err
     assert main(["models", "get", "missing-model", "--server", server]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_cli_manages_operations(server, client, capsys):
+    op = client.probe(sleep=0.2)
+    assert main(["operations", "wait", op.name, "--server", server]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] is True
+    assert main(["operations", "list", "--server", server]) == 0
+    assert op.name in [o["name"] for o in json.loads(capsys.readouterr().out)]
+    assert main(["operations", "delete", op.name, "--server", server]) == 0
+    assert main(["operations", "get", op.name, "--server", server]) == 2
+
+
+def test_wait_times_out_then_finishes_and_cancel_is_reported(client):
+    op = client.probe(sleep=2.0)
+    with pytest.raises(GigauditError) as exc:
+        client.wait(op.name, timeout=0.3, progress=False)
+    assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not client.get_operation(op.name).done  # still running: waiting gave up, not the job
+    stages = []
+    client.wait(op.name, progress=False, on_update=lambda meta: stages.append(meta.state))
+    assert client.get_operation(op.name).done and stages
+    assert op.name in [o.name for o in client.list_operations()]
+    slow = client.probe(sleep=30.0)
+    client.cancel_operation(slow.name)
+    with pytest.raises(GigauditError) as exc:
+        client.wait(slow.name, timeout=30, progress=False)
+    assert exc.value.code == grpc.StatusCode.CANCELLED

@@ -104,3 +104,21 @@ def test_evidence_is_shown_in_forward_layer_order(graph):
     graph["evidence"]["completeness"] = dict(reversed(list(graph["evidence"]["completeness"].items())))
     html = build_report(graph)
     assert html.index("<td>features.0-&gt;features.1</td>") < html.index("<td>features.1-&gt;logits</td>")
+
+
+@needs_chromium
+def test_controls_prune_search_and_collapse(graph, tmp_path):
+    path = write_report(tmp_path, graph, nodes_per_layer=2, top_k=1)
+
+    def rendered(fragment: str) -> tuple[int, int, int]:
+        dom = chromium(["--dump-dom"], path.as_uri() + "#" + fragment)
+        assert [line for line in dom.stderr.splitlines() if ":CONSOLE" in line] == []
+        nodes, edges = re.search(r'data-rendered="(\d+) nodes, (\d+) edges"', dom.stdout).groups()
+        return int(nodes), int(edges), int(re.search(r'data-found="(\d+)"', dom.stdout).group(1))
+
+    base = rendered("")
+    assert base[0] == 2 + 2 + 2 and base[1] <= base[0] and base[2] == 0  # classes are limited too
+    assert rendered("topk=3")[1] > base[1]  # more edges per target
+    assert rendered("nodes=6")[0] == 6 + 6 + 3
+    assert rendered("search=features.1:")[0::2] == (2 + 6 + 2, 6)
+    assert rendered("collapse=features.0,logits")[0] == 2

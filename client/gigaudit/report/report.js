@@ -104,6 +104,7 @@
     const first = view.found.size ? svg.querySelector(".node.found") : null;
     if (first && state.searchMoved !== state.search) { first.scrollIntoView({ block: "center" }); state.searchMoved = state.search; }
     document.body.dataset.rendered = `${pos.size} nodes, ${view.edges.length} edges`;
+    document.body.dataset.found = svg.querySelectorAll(".node.found").length;
   }
 
   function edgeRows(table, list, end) {
@@ -186,7 +187,15 @@
   }
 
   bind();
+  /* The view can be linked: #circuit=logits:3&select=layer:5&search=layer:&collapse=a,b&topk=2&nodes=20 */
   const params = new URLSearchParams(location.hash.slice(1));
   if (params.get("circuit")) { state.circuit = params.get("circuit"); document.getElementById("circuit").value = state.circuit; }
+  if (params.get("search")) { state.search = params.get("search"); document.getElementById("search").value = state.search; }
+  if (params.get("topk")) { state.topK = Math.max(1, +params.get("topk") || 1); document.getElementById("top-k").value = state.topK; }
+  if (params.get("nodes")) { state.perLayer = Math.max(1, +params.get("nodes") || 1); document.getElementById("per-layer").value = state.perLayer; }
+  for (const layer of (params.get("collapse") || "").split(",").filter(Boolean)) {
+    state.collapsed.add(layer);
+    document.querySelectorAll(".layer-toggle").forEach((b) => { if (b.textContent === layer) b.classList.add("collapsed"); });
+  }
   if (params.get("select") && byId.has(params.get("select"))) select(params.get("select")); else draw();
 })();
