@@ -20,8 +20,9 @@ import torch
 import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
+from gig.pfv import to_pfvs
 from gigaudit_server import exemplars
-from gigaudit_server.datasets import load_images
+from gigaudit_server.datasets import ArchiveImages
 from gigaudit_server.jobs import Job, JobContext
 from gigaudit_server.models import ModelCache
 from gigaudit_server.storage import ArtifactStore
@@ -81,9 +82,9 @@ class Tasks:
     def extract_concepts(self, ctx: JobContext) -> dict:
         params = ctx.job.params
         model = self.models.get(params["model"], self.device)
-        images, labels, names = self._images(params)
-        concepts = self._extract(model, images, labels, params, ctx.progress)
-        return self._store_concepts(model, concepts, images, names, params, ctx.progress)
+        with self._dataset(params) as data:
+            concepts = self._extract(model, data, params, ctx.progress)
+            return self._store_concepts(model, concepts, data, params["model"], ctx.progress)
 
     def build_graph(self, ctx: JobContext) -> dict:
         """One shard of a graph (the whole graph when the job is not sharded)."""
@@ -93,9 +94,8 @@ class Tasks:
             return {"partial_sha": None, "n_images": 0}
         model = self.models.get(params["model"], self.device)
         concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
-        images, labels, _ = self._images(params, start, stop)
-        graph = self._graph(model, images, labels, concepts, _options(params, GRAPH_DEFAULTS), params, ctx.progress,
-                            start)
+        with self._dataset(params, start, stop) as data:
+            graph = self._graph(model, data, concepts, _options(params, GRAPH_DEFAULTS), params, ctx.progress, start)
         if ctx.job.parent is None and ctx.shard_count == 1:
             return self._graph_result(graph)
         return {"partial_sha": self._put_json("graphs", graph.to_dict()), "n_images": stop - start}
@@ -116,16 +116,16 @@ class Tasks:
         """
         params = ctx.job.params
         model = self.models.get(params["model"], self.device)
-        images, labels, names = self._images(params)
-        concepts = self._extract(model, images, labels, {**params, "method": params.get("clustering")}, ctx.progress)
-        result = self._store_concepts(model, concepts, images, names, params, ctx.progress)
         graph_options = _options({**params, "method": params.get("quadrature")}, GRAPH_DEFAULTS)
-        graph = self._graph(model, images, labels, concepts, graph_options, params, ctx.progress, 0)
-        metrics = {"metrics": params["metrics"]} if params.get("metrics") else {}
-        gig.evaluate(model, self._batches(images, labels), concepts, graph, steps=graph_options["steps"],
-                     method=graph_options["method"], top_t=graph_options["top_t"], progress=ctx.progress,
-                     max_images=params.get("evaluation_images") or 16, seed=params.get("seed") or 0, **metrics)
-        graph_result = self._graph_result(graph)  # the evidence is in the graph now
+        with self._dataset(params) as data:
+            concepts = self._extract(model, data, {**params, "method": params.get("clustering")}, ctx.progress)
+            result = self._store_concepts(model, concepts, data, params["model"], ctx.progress)
+            graph = self._graph(model, data, concepts, graph_options, params, ctx.progress, 0)
+            metrics = {"metrics": params["metrics"]} if params.get("metrics") else {}
+            gig.evaluate(model, data, concepts, graph, steps=graph_options["steps"], method=graph_options["method"],
+                         top_t=graph_options["top_t"], progress=ctx.progress,
+                         max_images=params.get("evaluation_images") or 16, seed=params.get("seed") or 0, **metrics)
+        graph_result = self._graph_result(graph)  # gig.evaluate put the evidence into the graph
         return {**result, "graph_sha": graph_result["graph_sha"], "n_images": graph_result["n_images"],
                 "evidence": graph.to_dict()["evidence"]}
 
@@ -139,21 +139,25 @@ class Tasks:
         return {}
 
     # ------------------------------------------------------------------ steps
-    def _images(self, params: Mapping, start: int = 0, stop: int | None = None):
+    @contextlib.contextmanager
+    def _dataset(self, params: Mapping, start: int = 0, stop: int | None = None):
+        """Images ``[start, stop)`` of the job's dataset as streamed batches, labelled with the model's classes."""
         record, dataset = params["model"], params["dataset"]
-        mean, std = record.get("mean") or [0.0, 0.0, 0.0], record.get("std") or [1.0, 1.0, 1.0]
+        class_map = _class_map(dataset.get("class_names") or [], record.get("class_names") or [])
         with self._dataset_path(dataset["sha256"]) as path:
-            images, labels, names = load_images(path, _size(record), mean, std, start=start, stop=stop)
-        return images, _model_labels(labels, dataset.get("class_names") or [], record.get("class_names") or []), names
+            yield ArchiveImages(path, _size(record), record.get("mean") or [0.0] * 3, record.get("std") or [1.0] * 3,
+                                start=start, stop=stop, batch_size=self.batch_size, class_map=class_map)
 
     @contextlib.contextmanager
     def _dataset_path(self, sha: str):
         """A local path of the dataset archive (a temporary copy for remote stores)."""
         try:
-            yield self.store.local_path("datasets", sha)
-            return
+            path = self.store.local_path("datasets", sha)
         except ValueError:  # not a local store
-            pass
+            path = None
+        if path is not None:
+            yield path
+            return
         with tempfile.NamedTemporaryFile(suffix=".archive") as copy:
             with self.store.open("datasets", sha) as source:
                 while chunk := source.read(1 << 20):
@@ -161,69 +165,67 @@ class Tasks:
             copy.flush()
             yield copy.name
 
-    def _batches(self, images: torch.Tensor, labels: torch.Tensor | None) -> list:
-        b = self.batch_size
-        if labels is None:
-            return [images[i:i + b] for i in range(0, len(images), b)]
-        return [(images[i:i + b], labels[i:i + b]) for i in range(0, len(images), b)]
-
-    def _extract(self, model, images, labels, params, progress) -> ConceptSet:
-        options = _options(params, EXTRACT_DEFAULTS)
+    def _extract(self, model, data, params, progress) -> ConceptSet:
         layers = params.get("layers") or gig.default_layers(model)
-        return gig.extract_concepts(model, self._batches(images, labels), layers, device=self.device,
-                                    progress=progress, n_exemplars=max(self.n_exemplars, 1), **options)
+        return gig.extract_concepts(model, data, layers, device=self.device, progress=progress,
+                                    n_exemplars=max(self.n_exemplars, 1), **_options(params, EXTRACT_DEFAULTS))
 
-    def _store_concepts(self, model, concepts: ConceptSet, images, names, params, progress) -> dict:
+    def _store_concepts(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> dict:
         """Store the concept set and its exemplar bundle; the result of an extraction."""
-        stats = self._decomposition_stats(model, concepts, images, progress)
-        bundle = self._render_exemplars(model, concepts, images, names, params["model"], progress)
+        stats = self._decomposition_stats(model, concepts, data, progress)
+        bundle = self._render_exemplars(model, concepts, data, record, progress)
         return {
             "concept_set_sha": self.store.put_bytes("concepts", concepts.to_bytes()),
             "layers": {layer: {"n_concepts": lc.n_concepts, **stats[layer]} for layer, lc in concepts.layers.items()},
             "exemplars_sha": self.store.put_bytes("exemplars", bundle),
         }
 
-    def _decomposition_stats(self, model, concepts: ConceptSet, images, progress) -> dict:
+    def _decomposition_stats(self, model, concepts: ConceptSet, data: ArchiveImages, progress) -> dict:
         """``relative_error`` ``‖X − X̂‖/‖X‖`` and ``l0`` of every layer over the whole dataset."""
         layers = list(concepts.layers)
         prefix = gig.traced(model).prefix(layers)
         sums = {layer: torch.zeros(4, dtype=torch.float64) for layer in layers}  # error², norm², non-zeros, count
-        batches = self._batches(images, None)
-        for done, batch in enumerate(batches):
-            progress("statistics", done, len(batches))
+        progress("statistics", 0, len(data))
+        for done, batch in enumerate(data, 1):
+            images = batch[0] if isinstance(batch, tuple) else batch
             with torch.no_grad():
-                outputs = prefix(batch.to(self.device))
+                outputs = prefix(images.to(self.device))
             for layer in layers:
-                pfvs = gig.pfv.to_pfvs(outputs[layer])
+                pfvs = to_pfvs(outputs[layer])
                 coefficients = concepts.decompose(layer, pfvs)
                 error = pfvs - concepts.reconstruct(layer, coefficients)
                 sums[layer] += torch.tensor([error.double().square().sum(), pfvs.double().square().sum(),
                                              (coefficients != 0).sum(), coefficients.numel()], dtype=torch.float64)
-        progress("statistics", len(batches), len(batches))
+            progress("statistics", done, len(data))
         return {layer: {"relative_error": float(s[0].sqrt() / s[1].sqrt().clamp_min(1e-300)),
                         "l0": float(s[2] / s[3].clamp_min(1))} for layer, s in sums.items()}
 
-    def _render_exemplars(self, model, concepts: ConceptSet, images, names, record, progress) -> bytes:
+    def _render_exemplars(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> bytes:
         """PNG thumbnails (iERF crops) and iERF overlays of the top exemplars of the most frequent concepts."""
         normalisation = {"mean": record.get("mean") or [0.0] * 3, "std": record.get("std") or [1.0] * 3}
+        rows = {}  # layer -> [(concept, exemplar)] to render
+        for layer, lc in concepts.layers.items():
+            shown = torch.argsort(lc.frequency, descending=True, stable=True)[:self.exemplar_concepts]
+            rows[layer] = [(k, e) for k in sorted(shown.tolist()) for e in lc.exemplars[k][:self.n_exemplars]]
+        ids = sorted({e.image for chosen in rows.values() for _, e in chosen})
+        pictures = dict(zip(ids, data.select(ids))) if ids else {}
         layers = {}
         for i, (layer, lc) in enumerate(concepts.layers.items()):
             progress("exemplars", i, len(concepts.layers))
-            shown = torch.argsort(lc.frequency, descending=True, stable=True)[:self.exemplar_concepts]
-            rows = [(k, e) for k in sorted(shown.tolist()) for e in lc.exemplars[k][:self.n_exemplars]]
             pngs = {}
-            for start in range(0, len(rows), self.batch_size):
-                pngs.update(self._exemplar_pngs(model, layer, concepts.vectors(layer), rows[start:start + self.batch_size],
-                                                images, normalisation))
-            layers[layer] = [[{"image": e.image, "image_name": names[e.image], "position": e.position,
+            for start in range(0, len(rows[layer]), self.batch_size):
+                chunk = rows[layer][start:start + self.batch_size]
+                batch = torch.stack([pictures[e.image] for _, e in chunk])
+                pngs.update(self._exemplar_pngs(model, layer, concepts.vectors(layer), chunk, batch, normalisation))
+            layers[layer] = [[{"image": e.image, "image_name": data.names[e.image], "position": e.position,
                                "coefficient": e.coefficient, **pngs.get((k, e), {})} for e in lc.exemplars[k]]
                              for k in range(lc.n_concepts)]
         progress("exemplars", len(concepts.layers), len(concepts.layers))
         return exemplars.write_bundle(layers)
 
-    def _exemplar_pngs(self, model, layer, vectors, rows, images, normalisation) -> dict:
+    def _exemplar_pngs(self, model, layer, vectors, rows, batch, normalisation) -> dict:
         """``{(concept, exemplar): {"thumbnail_png", "ierf_png"}}`` for a batch of exemplar rows."""
-        batch = images[torch.tensor([e.image for _, e in rows])].to(self.device)
+        batch = batch.to(self.device)
         positions = torch.tensor([e.position for _, e in rows], device=self.device)
         directions = vectors[torch.tensor([k for k, _ in rows])].to(self.device)
         maps = erf(model, batch, layer, positions, directions)
@@ -234,11 +236,15 @@ class Tasks:
                       "ierf_png": exemplars.ierf_png(picture, heat)}
                 for row, crop, picture, heat in zip(rows, crops, pictures, maps.cpu().numpy())}
 
-    def _graph(self, model, images, labels, concepts, options, params, progress, start_index):
-        return gig.build_graph(model, self._batches(images, labels), concepts, layers=params.get("layers") or None,
-                               device=self.device, progress=progress,
-                               class_names=params["model"].get("class_names") or None, start_index=start_index,
-                               **options)
+    def _graph(self, model, data: ArchiveImages, concepts, options, params, progress, start_index):
+        n_images = len(data.names)
+
+        def report(stage, done, total):  # gig cannot know the image count of a streamed dataset
+            progress(stage, done, n_images if total is None and stage == "graph" else total)
+
+        return gig.build_graph(model, data, concepts, layers=params.get("layers") or None, device=self.device,
+                               progress=report, class_names=params["model"].get("class_names") or None,
+                               start_index=start_index, **options)
 
     def _graph_result(self, graph) -> dict:
         data = graph.to_dict()
@@ -254,17 +260,17 @@ def _size(record: Mapping) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)[-2:]
 
 
-def _model_labels(labels, dataset_classes: list[str], model_classes: list[str]):
-    """Dataset labels (indices into the dataset's sorted class folders) as the model's class indices, matched by
-    name; without model class names the dataset's order is taken as the model's (the ImageFolder convention)."""
-    if labels is None or not model_classes:
-        return labels
+def _class_map(dataset_classes: list[str], model_classes: list[str]) -> list[int] | None:
+    """The model's class index of each dataset class (sorted class folders), matched by name; ``None`` (the
+    dataset's order is the model's, the ImageFolder convention) when either side has no class names."""
+    if not dataset_classes or not model_classes:
+        return None
     index = {name: i for i, name in enumerate(model_classes)}
     unknown = [name for name in dataset_classes if name not in index]
     if unknown:
         raise ValueError(f"dataset classes {unknown} are not classes of the model; its classes are: "
                          f"{', '.join(model_classes)}")
-    return torch.tensor([index[name] for name in dataset_classes], dtype=torch.long)[labels]
+    return [index[name] for name in dataset_classes]
 
 
 def _options(params: Mapping, defaults: Mapping) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gigaudit_server.datasets import DatasetLimits, inspect_archive, load_images
+from gigaudit_server.datasets import ArchiveImages, DatasetLimits, inspect_archive, load_images
 
 
 def png(color=(255, 0, 0), size=(6, 4)):
@@ -73,18 +73,36 @@ def test_flat_layout_is_unlabelled_and_hidden_files_are_skipped():
     assert (info.n_images, info.class_names) == (2, [])
 
 
-def test_load_images_orders_by_name_labels_and_normalises(tmp_path):
-    path = tmp_path / "data.tar"
-    path.write_bytes(tar_of(LABELLED).getvalue())
+@pytest.mark.parametrize("build", [tar_of, zip_of, lambda m: tar_of(m, "w:gz")])
+def test_load_images_in_archive_order_with_labels_normalised(tmp_path, build):
+    path = tmp_path / "data"
+    path.write_bytes(build(LABELLED).getvalue())
     images, labels, names = load_images(str(path), (8, 10), [0.5] * 3, [0.5] * 3)
-    assert names == ["cat/1.png", "cat/3.png", "dog/2.png"]
-    assert labels.tolist() == [0, 0, 1]
+    assert names == ["dog/2.png", "cat/3.png", "cat/1.png"]
+    assert labels.tolist() == [1, 0, 0]  # classes sorted: cat, dog
     assert images.shape == (3, 3, 8, 10) and images.dtype == torch.float32
-    assert torch.allclose(images[0, :, 4, 5], torch.tensor([1.0, -1.0, -1.0]))  # red
-    assert torch.allclose(images[2, :, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))  # blue
-    part, part_labels, part_names = load_images(str(path), 8, [0.5] * 3, [0.5] * 3, start=1, stop=3)
-    assert part_names == names[1:] and part_labels.tolist() == [0, 1]
-    assert torch.allclose(part, load_images(str(path), 8, [0.5] * 3, [0.5] * 3)[0][1:])
+    assert torch.allclose(images[2, :, 4, 5], torch.tensor([1.0, -1.0, -1.0]))  # red
+    assert torch.allclose(images[0, :, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))  # blue
+    part, part_labels, part_names = load_images(str(path), (8, 10), [0.5] * 3, [0.5] * 3, start=1, stop=3)
+    assert part_names == names[1:] and part_labels.tolist() == [0, 0]
+    assert torch.equal(part, images[1:])
+
+
+def test_archive_images_stream_batches_and_select(tmp_path):
+    members = {f"c{i % 2}/{i:02d}.png": png((10 * i, 0, 0)) for i in range(7)}
+    path = tmp_path / "data.tar.gz"
+    path.write_bytes(tar_of(members, "w:gz").getvalue())
+    data = ArchiveImages(str(path), 4, [0, 0, 0], [1, 1, 1], start=1, batch_size=3, class_map=[5, 2])
+    batches = list(data)
+    assert len(data) == 2 and [b[0].shape[0] for b in batches] == [3, 3]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, data))  # re-iterable: a second pass, same images
+    assert torch.cat([b[1] for b in batches]).tolist() == [2, 5, 2, 5, 2, 5]  # c1 -> 2, c0 -> 5
+    reds = torch.cat([b[0] for b in batches])[:, 0, 0, 0] * 255
+    assert torch.allclose(reds, torch.tensor([10.0, 20, 30, 40, 50, 60]))
+    chosen = data.select([4, 0, 4])
+    assert torch.allclose(chosen[:, 0, 0, 0] * 255, torch.tensor([50.0, 10, 50]))
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        data.select([6])
 
 
 def test_load_flat_has_no_labels(tmp_path):

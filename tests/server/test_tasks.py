@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -112,12 +113,14 @@ def test_shard_bounds_cover_the_dataset_once():
 
 
 def test_labels_follow_the_model_class_order(world):
-    _, labels, names = world["tasks"]._images({"model": world["model"], "dataset": world["dataset"]})
-    assert names == world["names"] and torch.equal(labels, world["labels"])
+    with world["tasks"]._dataset({"model": world["model"], "dataset": world["dataset"]}, 2, 9) as data:
+        assert data.names == world["names"][2:9] and torch.equal(data.labels, world["labels"][2:9])
+        assert torch.equal(torch.cat([images for images, _ in data]), world["images"][2:9])
     assert sorted(world["dataset"]["class_names"]) == world["dataset"]["class_names"] != CLASS_NAMES
     renamed = {**world["model"], "class_names": [f"class {i}" for i in range(6)]}
     with pytest.raises(ValueError, match="are not classes of the model; its classes are: class 0"):
-        world["tasks"]._images({"model": renamed, "dataset": world["dataset"]})
+        with world["tasks"]._dataset({"model": renamed, "dataset": world["dataset"]}):
+            pass
 
 
 def test_validate_model(world, queue):
@@ -169,7 +172,10 @@ def test_extract_concepts_stores_what_gig_gives(world, queue):
 
 def test_build_graph_stores_what_gig_gives(world, queue):
     queue.submit("build_graph", graph_params(world))
-    result = world["tasks"].build_graph(claim(queue))
+    ctx = claim(queue)
+    result = world["tasks"].build_graph(ctx)
+    job = queue.get(ctx.job.id)
+    assert (job.stage, job.done, job.total) == ("graph", N_IMAGES, N_IMAGES)
     stored = json.loads(world["store"].read("graphs", result["graph_sha"]))
     direct = gig.build_graph(world["net"], world["batches"], world["concepts"], layers=LAYERS, **GRAPH,
                              class_names=world["model"]["class_names"]).to_dict()
@@ -219,6 +225,16 @@ def test_audit_runs_extraction_graph_and_evaluation(world, queue):
     assert 0 <= evidence["reconstruction"]["features.3"]["spliced_top1"] <= 1  # added by gig.evaluate
     assert set(evidence["fidelity"]) == {"features.2->features.3", "features.3->logits"}
     assert "deletion" not in evidence  # only the metrics asked for
+
+
+def test_remote_store_datasets_are_read_through_a_temporary_copy(world):
+    store = ArtifactStore("memory://gigaudit-tasks-test")
+    data = world["store"].read("datasets", world["dataset"]["sha256"])
+    sha = store.put_bytes("datasets", data)
+    with Tasks(store)._dataset_path(sha) as path:
+        assert open(path, "rb").read() == data
+    assert not os.path.exists(path)
+    store.delete("datasets", sha)
 
 
 def test_noop_stops_when_cancelled(world, queue):
