@@ -11,6 +11,8 @@ import logging
 import redis
 import torch
 
+from gigaudit_server.architectures import list_architectures
+from gigaudit_server.catalog import Catalog
 from gigaudit_server.jobs import JobQueue
 from gigaudit_server.models import ModelCache
 from gigaudit_server.storage import ArtifactStore
@@ -55,6 +57,7 @@ def build_worker(args: argparse.Namespace) -> Worker:
     store = ArtifactStore(args.store)
     tasks = Tasks(store, args.device, ModelCache(store, capacity=args.models), batch_size=args.batch_size)
     queue = JobQueue(redis.Redis.from_url(args.redis_url, decode_responses=True))
+    Catalog(queue.redis).publish_architectures(list_architectures())  # for the torch-free API's checks and listing
     return Worker(queue, tasks.handlers(), tasks.reducers(), name=args.name)
 
 
