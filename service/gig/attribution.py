@@ -17,18 +17,18 @@ batched backward with ``is_grads_batched=True``). No hooks are registered.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from gig.data import check_images, eval_mode
 from gig.layers import LOGITS, traced
 from gig.pfv import from_pfvs, to_pfvs
 from gig.quadrature import DEFAULT, check_method, quadrature
+from gig.targets import MASKS, class_targets, concept_targets
 
 PATHS = ("reconstruction", "activation")
-MASKS = ("positive", "all")
 AUTO_START_STEPS = 16
 AUTO_MAX_STEPS = 512
 AUTO_TOLERANCE = 1e-2
@@ -47,73 +47,6 @@ class Attribution:
     steps: int  # quadrature steps used
 
 
-# ---------------------------------------------------------------------------------------------- targets
-def concept_targets(coefficients, vectors, like_shape, targets=None, top_t=5, mask="positive"):
-    """Targets at an analysed layer ``b`` and their linear weights.
-
-    ``coefficients`` ``(B, P, K)`` are the real images' coefficients at ``b``, ``vectors`` ``(K, C)`` its concept
-    vectors, ``like_shape`` the shape of ``X^b``. Per image the targets are its ``top_t`` concepts by total
-    coefficient, or the caller's ``targets`` ``(B, T)``. ``g_r(X^b) = Σ_{p ∈ M_r} <X^b[:, p], v̂_r>`` with ``M_r``
-    the positions where ``r`` has a positive coefficient (``mask="positive"``) or every position (``"all"``).
-
-    Returns ``(targets (B, T), weights (B, T, *like_shape[1:]))`` with ``g_t(X^b) = <weights[:, t], X^b>``.
-    """
-    if mask not in MASKS:
-        raise ValueError(f"unknown mask {mask!r}; valid masks are: {', '.join(MASKS)}")
-    batch, _, n_concepts = coefficients.shape
-    if targets is None:
-        if isinstance(top_t, bool) or not isinstance(top_t, int) or not 1 <= top_t <= n_concepts:
-            raise ValueError(f"top_t must be an integer in [1, {n_concepts}] (concepts of the target), got {top_t!r}")
-        targets = coefficients.sum(1).topk(top_t, dim=1).indices
-    else:
-        targets = _check_indices(targets, batch, n_concepts, "concepts of the target layer")
-    units = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
-    chosen = coefficients.gather(2, targets.unsqueeze(1).expand(-1, coefficients.shape[1], -1))  # (B, P, T)
-    on = (chosen > 0) if mask == "positive" else torch.ones_like(chosen, dtype=torch.bool)
-    pfv_weights = on.to(vectors.dtype).transpose(1, 2).unsqueeze(-1) * units[targets].unsqueeze(2)  # (B, T, P, C)
-    t = targets.shape[1]
-    weights = from_pfvs(pfv_weights.flatten(0, 1), (batch * t, *like_shape[1:]))
-    return targets, weights.reshape(batch, t, *like_shape[1:])
-
-
-def class_targets(logits, labels=None, targets=None):
-    """Targets at the logits: the caller's classes ``(B, T)``, else ``labels`` ``(B,)``, else the predicted class.
-
-    Returns ``(targets (B, T), weights (B, T, N))``: one-hot rows, ``g_y = logit_y``.
-    """
-    batch, n_classes = logits.shape
-    if targets is not None:
-        targets = _check_indices(targets, batch, n_classes, "classes")
-    elif labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.shape != (batch,):
-            raise ValueError(f"labels must be a tensor of shape ({batch},), got {_describe(labels)}")
-        targets = _check_indices(labels.unsqueeze(1), batch, n_classes, "classes")
-    else:
-        targets = logits.argmax(1, keepdim=True)
-    targets = targets.to(logits.device)
-    weights = torch.zeros(*targets.shape, n_classes, dtype=logits.dtype, device=logits.device)
-    weights.scatter_(2, targets.unsqueeze(2), 1.0)
-    return targets, weights
-
-
-def _check_indices(indices, batch: int, size: int, what: str) -> torch.Tensor:
-    if not isinstance(indices, torch.Tensor):
-        indices = torch.as_tensor(indices)
-    if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.dim() != 2:
-        raise ValueError(f"targets must be an integer tensor of shape (B={batch}, T), got {_describe(indices)}")
-    if indices.shape[0] != batch or indices.shape[1] == 0:
-        raise ValueError(f"targets must have shape (B={batch}, T ≥ 1), got {tuple(indices.shape)}")
-    if indices.numel() and (indices.min() < 0 or indices.max() >= size):
-        raise ValueError(f"targets must index the {size} {what}: valid values are 0..{size - 1}")
-    return indices.long()
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
-
-
 # ---------------------------------------------------------------------------------------------- integrator
 def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=16, method=DEFAULT,
               path="reconstruction", activation=None, max_batch_rows=None):
@@ -130,13 +63,18 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
     like_shape = tuple(like_shape)
     batch, n_targets = target_weights.shape[:2]
-    reconstruction = from_pfvs(coefficients @ vectors, like_shape)
+    if coefficients.dim() != 3 or coefficients.shape[0] != batch or like_shape[0] != batch:
+        raise ValueError(f"coefficients {tuple(coefficients.shape)}, like_shape {like_shape} and target_weights "
+                         f"{tuple(target_weights.shape)} must share the batch size")
+    if vectors.shape[0] != coefficients.shape[2]:
+        raise ValueError(f"{coefficients.shape[2]} coefficients per PFV but {vectors.shape[0]} concept vectors")
+    reconstruction = (coefficients @ vectors).detach()  # (B, P, C)
     if path == "activation":
         if activation is None or tuple(activation.shape) != like_shape:
             raise ValueError(f"path='activation' needs the source activation of shape {like_shape}")
         start = activation.detach()
     else:
-        start = reconstruction.detach()
+        start = from_pfvs(reconstruction, like_shape)
     alphas, weights = quadrature(method, steps, dtype=start.dtype, device=start.device)
     rows = _chunk_rows(max_batch_rows, like_shape, target_weights)
 
@@ -145,7 +83,7 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
     pfv_gradients = to_pfvs(gradients.flatten(0, 1)).unflatten(0, (n_targets, batch))  # (T, B, P, C)
     attributions = ((pfv_gradients @ vectors.T) * coefficients).sum(2).permute(1, 2, 0)  # (B, K, T)
     if path == "activation":
-        residual = to_pfvs(start) - coefficients @ vectors
+        residual = to_pfvs(start) - reconstruction
         residual_row = torch.einsum("bpc,tbpc->bt", residual, pfv_gradients)
         attributions = torch.cat([attributions, residual_row.unsqueeze(1)], dim=1)
     return attributions.detach(), _target_difference(segment, start, target_weights, rows)
@@ -153,18 +91,11 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
 
 def _chunk_rows(max_batch_rows, like_shape, target_weights) -> int:
     if max_batch_rows is None:
-        per_row = _numel(like_shape[1:]) + _numel(target_weights.shape[2:])
+        per_row = math.prod(like_shape[1:]) + math.prod(target_weights.shape[2:])
         return max(1, ROW_BUDGET_ELEMENTS // per_row)
     if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int) or max_batch_rows < 1:
         raise ValueError(f"max_batch_rows must be a positive integer or None, got {max_batch_rows!r}")
     return max_batch_rows
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _integrated_gradients(segment, start, target_weights, alphas, weights, rows):
@@ -226,21 +157,24 @@ def attribute(model, images, concepts, source, target, targets=None, top_t=5, st
     ``top_t`` concepts of ``target``, or for ``"logits"`` its ``labels`` (else the predicted class), ``T = 1``.
     ``steps``: quadrature points, or ``"auto"``: start at 16 and double (up to 512) until the dataset-level
     completeness error is at most ``tolerance`` (default 1e-2); an integer ``steps`` with a ``tolerance`` starts
-    there. The model runs in eval mode (restored after) on the device and dtype of its parameters.
+    there. ``mask``: ``"positive"`` (the positions where a target concept is present) or ``"all"``. The model
+    runs in eval mode (restored after) on the device and dtype of its parameters.
     """
     check_method(method)
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; valid masks are: {', '.join(MASKS)}")
     steps, tolerance = _check_steps(steps, tolerance)
     t = traced(model)
     source, target = _check_pair(t, source, target)
     parameter = next(iter(model.parameters()), None)
     dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
     device = parameter.device if parameter is not None else torch.device("cpu")
-    images = _check_images(images).to(device=device, dtype=dtype)
+    images = check_images(images).to(device=device, dtype=dtype)
     _check_concepts(concepts, [source] + ([] if target == LOGITS else [target]))
 
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         acts = t.prefix([source] if target == LOGITS else [source, target])(images)
     source_act = acts[source]
     coefficients, vectors = _decompose(concepts, source, source_act)
@@ -252,7 +186,7 @@ def attribute(model, images, concepts, source, target, targets=None, top_t=5, st
                                           top_t=top_t, mask=mask)
 
     segment = t.segment(source, target)
-    with _eval_mode(model):
+    with eval_mode(model):
         while True:
             attributions, difference = integrate(segment, coefficients, vectors, source_act.shape, weights, steps,
                                                  method, path, activation=source_act, max_batch_rows=max_batch_rows)
@@ -298,32 +232,8 @@ def _check_pair(t, source, target):
     return source, target
 
 
-def _check_images(images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"images must be a float tensor of shape (B, 3, H, W), got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(f"images must have shape (B, 3, H, W) with B ≥ 1, got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be floating point, got {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
-    return images
-
-
 def _check_concepts(concepts, layers):
     known = list(getattr(concepts, "layers", {}))
     for layer in layers:
         if layer not in known:
             raise ValueError(f"the concepts do not cover layer {layer!r}; they cover: {', '.join(known) or 'none'}")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Run ``model`` in eval mode and restore every module's previous mode afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

@@ -222,6 +222,13 @@ def test_integrate_takes_plain_tensors():
                                          acts["block2"].shape, weights, steps=32)
     assert attributions.shape == (2, 6, 1)
     assert completeness_delta(attributions, difference).max() < 1e-3
+    segment = traced(model).segment("block2", LOGITS)
+    with pytest.raises(ValueError, match="must share the batch size"):
+        integrate(segment, coefficients[:1], vectors, acts["block2"].shape, weights)
+    with pytest.raises(ValueError, match="6 coefficients per PFV but 5 concept vectors"):
+        integrate(segment, coefficients, vectors[:5], acts["block2"].shape, weights)
+    with pytest.raises(ValueError, match="path='activation' needs the source activation"):
+        integrate(segment, coefficients, vectors, acts["block2"].shape, weights, path="activation")
 
 
 # ---------------------------------------------------------------------------------------------- architectures
@@ -306,6 +313,7 @@ def test_no_hooks_and_modes_restored_after_success_and_failure():
     (dict(targets=torch.full((2, 1), -1)), r"valid values are 0\.\.15"),
     (dict(max_batch_rows=0), "max_batch_rows must be a positive integer"),
     (dict(mask="some"), "valid masks are: positive, all"),
+    (dict(target=LOGITS, mask="some"), "valid masks are: positive, all"),
     (dict(target=LOGITS, labels=torch.tensor([1])), r"labels must be a tensor of shape \(2,\)"),
     (dict(target=LOGITS, labels=torch.tensor([1, 5])), r"valid values are 0\.\.4"),
 ])
