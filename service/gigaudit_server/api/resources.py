@@ -92,13 +92,9 @@ def _concept_graph_result(backend, result: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _graph_json(store, sha: str) -> dict:
-    return json.loads(store.read("graphs", sha))
-
-
 def load_graph(store, sha: str) -> dict:
-    """A stored graph dict (docs/graph-format.md); the last few are kept parsed."""
-    return _graph_json(store, sha)
+    """A stored graph dict (docs/graph-format.md; read-only); the last few are kept parsed."""
+    return json.loads(store.read("graphs", sha))
 
 
 def concept_graph_message(record: dict, *, graph: dict | None = None, page_size: int = 0,
