@@ -93,7 +93,7 @@ class OperationsServicer(lro_grpc.OperationsServicer):
     @errors.handle_errors
     def WaitOperation(self, request, context):
         job = get_job(self.backend, "name", request.name)
-        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else MAX_WAIT_S
+        timeout = request.timeout.seconds + request.timeout.nanos / 1e9 if request.HasField("timeout") else MAX_WAIT_S
         if context.time_remaining() is not None:
             timeout = min(timeout, max(context.time_remaining() - 0.5, 0.0))
         return to_operation(self.backend, self.backend.queue.wait(job.id, min(timeout, MAX_WAIT_S)))

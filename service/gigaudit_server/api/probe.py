@@ -14,7 +14,7 @@ class ProbeServicer(probe_grpc.ProbeServiceServicer):
 
     @errors.handle_errors
     def SubmitProbe(self, request, context):
-        sleep = request.sleep.ToTimedelta().total_seconds()
+        sleep = request.sleep.seconds + request.sleep.nanos / 1e9  # ToTimedelta overflows on huge values
         if not 0 <= sleep <= MAX_SLEEP_S:
             raise errors.invalid_argument({"sleep": f"must be between 0 and {MAX_SLEEP_S:g} seconds"})
         job = self.backend.queue.submit("noop", {"sleep": sleep}, request_id=request.request_id or None)
