@@ -1,8 +1,8 @@
 """The job handlers of a worker: each job kind's params (JSON) in, a JSON result out, artifacts in the store.
 
-Kinds (``docs``: the service interfaces): ``validate_model``, ``extract_concepts``, ``build_graph`` (sharded; the
-reducer ``reduce_graph`` merges the partial graphs), ``audit`` (extraction, graph and evaluation in one job) and
-``noop``. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go straight to
+Kinds: ``validate_model``, ``extract_concepts``, ``build_graph`` (sharded; the reducer ``reduce_graph`` merges the
+partial graphs), ``audit`` (extraction, graph and evaluation in one job) and ``noop``. The API copies the model and
+dataset records into the params, so a worker needs no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go straight to
 ``JobContext.progress``, which also stops a cancelled job between batches.
 """
 from __future__ import annotations
@@ -40,12 +40,12 @@ def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
 class Tasks:
     """The handlers of one worker: its artifact store, device and resident models.
 
-    ``batch_size`` images go through gig at a time; ``exemplar_concepts`` caps how many concepts per layer (the
-    most frequent) get rendered exemplar PNGs, ``n_exemplars`` how many exemplars each.
+    ``batch_size`` images go through gig at a time; ``n_exemplars`` exemplars are kept per concept, and those of
+    the ``exemplar_concepts`` most frequent concepts per layer are rendered as PNGs.
     """
 
     def __init__(self, store: ArtifactStore, device: str = "cpu", models: ModelCache | None = None, *,
-                 batch_size: int = 32, n_exemplars: int = 4, exemplar_concepts: int = 64):
+                 batch_size: int = 32, n_exemplars: int = 8, exemplar_concepts: int = 64):
         self.store = store
         self.device = torch.device(device)
         self.models = models or ModelCache(store)
@@ -168,7 +168,7 @@ class Tasks:
     def _extract(self, model, data, params, progress) -> ConceptSet:
         layers = params.get("layers") or gig.default_layers(model)
         return gig.extract_concepts(model, data, layers, device=self.device, progress=progress,
-                                    n_exemplars=max(self.n_exemplars, 1), **_options(params, EXTRACT_DEFAULTS))
+                                    n_exemplars=self.n_exemplars, **_options(params, EXTRACT_DEFAULTS))
 
     def _store_concepts(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> dict:
         """Store the concept set and its exemplar bundle; the result of an extraction."""
@@ -203,10 +203,11 @@ class Tasks:
     def _render_exemplars(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> bytes:
         """PNG thumbnails (iERF crops) and iERF overlays of the top exemplars of the most frequent concepts."""
         normalisation = {"mean": record.get("mean") or [0.0] * 3, "std": record.get("std") or [1.0] * 3}
+        found = {layer: lc.exemplars or [[] for _ in range(lc.n_concepts)] for layer, lc in concepts.layers.items()}
         rows = {}  # layer -> [(concept, exemplar)] to render
         for layer, lc in concepts.layers.items():
             shown = torch.argsort(lc.frequency, descending=True, stable=True)[:self.exemplar_concepts]
-            rows[layer] = [(k, e) for k in sorted(shown.tolist()) for e in lc.exemplars[k][:self.n_exemplars]]
+            rows[layer] = [(k, e) for k in sorted(shown.tolist()) for e in found[layer][k]]
         ids = sorted({e.image for chosen in rows.values() for _, e in chosen})
         pictures = dict(zip(ids, data.select(ids))) if ids else {}
         layers = {}
@@ -218,7 +219,7 @@ class Tasks:
                 batch = torch.stack([pictures[e.image] for _, e in chunk])
                 pngs.update(self._exemplar_pngs(model, layer, concepts.vectors(layer), chunk, batch, normalisation))
             layers[layer] = [[{"image": e.image, "image_name": data.names[e.image], "position": e.position,
-                               "coefficient": e.coefficient, **pngs.get((k, e), {})} for e in lc.exemplars[k]]
+                               "coefficient": e.coefficient, **pngs.get((k, e), {})} for e in found[layer][k]]
                              for k in range(lc.n_concepts)]
         progress("exemplars", len(concepts.layers), len(concepts.layers))
         return exemplars.write_bundle(layers)
