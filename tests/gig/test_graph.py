@@ -262,7 +262,8 @@ def test_merge_adds_raw_evidence_and_keeps_only_agreed_sections(setup):
     assert merged["images"] == 8 and "sanity" not in merged
     pair = "features.3->logits"
     assert merged["completeness"][pair]["count"] == 2 * BATCH
-    assert merged["completeness"][pair]["delta_max"] == max(g.evidence["completeness"][pair]["delta_max"] for g in (a, b))
+    maxima = [g.evidence["completeness"][pair]["delta_max"] for g in (a, b)]
+    assert merged["completeness"][pair]["delta_max"] == max(maxima)
     # an entry without raw sums (e.g. only summary figures) cannot be added up and is dropped
     summary = {"completeness": {pair: {"dataset_delta": 0.1}}}
     assert merge_evidence(summary, a.evidence)["completeness"] == {
