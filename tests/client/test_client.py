@@ -141,7 +141,7 @@ def test_wait_times_out_then_finishes_and_cancel_is_reported(client):
     client.wait(op.name, progress=False, on_update=lambda meta: stages.append(meta.state))
     assert client.get_operation(op.name).done and stages
     assert op.name in [o.name for o in client.list_operations()]
-    slow = client.probe(sleep=30.0)
+    slow = client.probe(sleep=5.0)
     client.cancel_operation(slow.name)
     with pytest.raises(GigauditError) as exc:
         client.wait(slow.name, timeout=30, progress=False)

@@ -107,6 +107,7 @@ def test_evidence_is_shown_in_forward_layer_order(graph):
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_controls_prune_search_and_collapse(graph, tmp_path):
     path = write_report(tmp_path, graph, nodes_per_layer=2, top_k=1)
 
