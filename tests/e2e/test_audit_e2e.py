@@ -19,7 +19,6 @@ from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
 
 N_IMAGES = 12
-GRAPH = audit_pb.GraphOptions(steps=4, top_t=2)
 CONCEPTS = audit_pb.ConceptOptions(n_concepts=6, seed=1)
 
 
@@ -109,8 +108,10 @@ def assert_same_graph(nodes, edges, expected: dict):
 @pytest.mark.slow
 def test_audit_end_to_end_with_an_api_restart_mid_job(api, redis_url, store):
     layers = list(api.models.GetModel(model_pb.GetModelRequest(name="models/parts")).default_layers)
-    request = audit_pb.AuditRequest(parent="models/parts", audit_id="first", dataset="datasets/shapes",
-                                    concept_options=CONCEPTS, graph_options=GRAPH, request_id="audit-1")
+    request = audit_pb.AuditRequest(
+        parent="models/parts", audit_id="first", dataset="datasets/shapes", request_id="audit-1",
+        concept_options=audit_pb.ConceptOptions(n_concepts=6, seed=1, method="kmeans"),
+        graph_options=audit_pb.GraphOptions(steps=4, top_t=2, method="riemann_middle"), evaluation_images=4)
     operation = api.audits.Audit(request)
     # a retried call returns the same operation and queues no second job
     assert api.audits.Audit(request).name == operation.name
@@ -140,6 +141,7 @@ def test_audit_end_to_end_with_an_api_restart_mid_job(api, redis_url, store):
         assert result.concept_set.state == audit_pb.RESOURCE_STATE_ACTIVE
         assert result.concept_graph.state == audit_pb.RESOURCE_STATE_ACTIVE
         assert [layer.layer for layer in result.concept_set.layers] == layers
+        assert result.concept_set.options.method == "kmeans"
         assert all(0 <= layer.relative_error < 1 for layer in result.concept_set.layers)
         assert "completeness" in json_format.MessageToDict(result.concept_graph.evidence)
 
@@ -147,7 +149,7 @@ def test_audit_end_to_end_with_an_api_restart_mid_job(api, redis_url, store):
         header, nodes, edges = api.graph(result.concept_graph.name, page_size=25)
         assert header.node_count == len(nodes) and header.edge_count == len(edges) > 0
         assert header.image_count == N_IMAGES
-        expected = direct_graph(api, store, "parts/first", layers, steps=4, top_t=2)
+        expected = direct_graph(api, store, "parts/first", layers, steps=4, top_t=2, method="riemann_middle")
         assert_same_graph(nodes, edges, expected)
 
         # exemplars: PNG thumbnails and iERF maps of a concept that has some

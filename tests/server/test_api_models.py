@@ -147,3 +147,15 @@ def test_list_pages_and_delete(models, worker, tmp_path):
     models.DeleteModel(model_pb.DeleteModelRequest(name="models/c"))
     assert stored_weights(tmp_path) == []
     refused(lambda: models.DeleteModel(model_pb.DeleteModelRequest(name="models/a")), grpc.StatusCode.NOT_FOUND)
+
+
+def test_messages_over_the_configured_limit_are_refused(redis_client, redis_url, store):
+    server = h.start_server(redis_url, store, max_message_bytes=128 * 1024)
+    try:
+        with h.channel(server) as channel:
+            header, *_ = h.model_requests("big", b"x")
+            big = iter([header, model_pb.UploadModelRequest(chunk=bytes(256 * 1024))])
+            refused(lambda: model_grpc.ModelServiceStub(channel).UploadModel(big),
+                    grpc.StatusCode.RESOURCE_EXHAUSTED)
+    finally:
+        server.stop(0)

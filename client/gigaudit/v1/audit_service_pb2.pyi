@@ -97,7 +97,7 @@ class BuildConceptGraphRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., concept_graph_id: _Optional[str] = ..., concept_set: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AuditRequest(_message.Message):
-    __slots__ = ("parent", "audit_id", "dataset", "layers", "concept_options", "graph_options", "request_id")
+    __slots__ = ("parent", "audit_id", "dataset", "layers", "concept_options", "graph_options", "request_id", "metrics", "evaluation_images")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,8 @@ class AuditRequest(_message.Message):
     CONCEPT_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     GRAPH_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
     parent: str
     audit_id: str
     dataset: str
@@ -112,7 +114,9 @@ class AuditRequest(_message.Message):
     concept_options: ConceptOptions
     graph_options: GraphOptions
     request_id: str
-    def __init__(self, parent: _Optional[str] = ..., audit_id: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., concept_options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., graph_options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    evaluation_images: int
+    def __init__(self, parent: _Optional[str] = ..., audit_id: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., concept_options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., graph_options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., evaluation_images: _Optional[int] = ...) -> None: ...
 
 class LayerConcepts(_message.Message):
     __slots__ = ("layer", "n_concepts", "relative_error", "l0")

@@ -68,21 +68,22 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         layers = self._layers(model, list(request.layers))
         concept_options = _concept_options(request.concept_options, "concept_options")
         graph_options = _graph_options(request.graph_options, "graph_options")
-        # The worker's audit handler reads one flat "method" for clustering and quadrature alike.
-        for field, options in (("concept_options.method", concept_options), ("graph_options.method", graph_options)):
-            if options.pop("method"):
-                raise errors.invalid_argument({field: "an audit uses the default clustering and quadrature; choose "
-                                                      "them with ExtractConcepts and BuildConceptGraph"})
+        if request.evaluation_images < 0:
+            raise errors.invalid_argument({"evaluation_images": "must be >= 0 (0: 16)"})
         if graph_options.pop("shard_count") > 1:
             raise errors.invalid_argument({"graph_options.shard_count": "an audit runs unsharded; shard with "
                                                                          "BuildConceptGraph"})
         set_name = f"{request.parent}/conceptSets/{audit_id}"
         graph_name = f"{request.parent}/conceptGraphs/{audit_id}"
         params = {"model": _model_params(model), "dataset": dataset, "layers": layers, "concept_set": set_name,
-                  "concept_graph": graph_name, **concept_options, **graph_options}
+                  "concept_graph": graph_name, **concept_options, **graph_options, "metrics": list(request.metrics),
+                  "evaluation_images": request.evaluation_images,
+                  # one job runs both steps, so the two methods get names of their own
+                  "clustering": concept_options["method"], "quadrature": graph_options["method"]}
+        del params["method"]
         created = [
-            ("conceptSets", f"{model_id}/{audit_id}", {"name": set_name, "dataset": request.dataset,
-                                                       "layers": layers, "options": concept_options}),
+            ("conceptSets", f"{model_id}/{audit_id}", {"name": set_name, "dataset": request.dataset, "layers": layers,
+                                                       "options": concept_options}),
             ("conceptGraphs", f"{model_id}/{audit_id}", {"name": graph_name, "concept_set": set_name,
                                                          "dataset": request.dataset})]
         return self._start("audit", params, created, {"models": model_id, "datasets": dataset_id},
