@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.decomposition import sparse_encode
 
-from gig.concepts.decompose import Dictionary, LassoSettings, fista, lasso_objective, least_squares
+from gig.concepts.decompose import Dictionary, LassoSettings, fista, lasso, lasso_cd, lasso_objective, least_squares
 
 
 def _problem(c=16, k=96, n=200, seed=0):
@@ -26,11 +26,12 @@ def _sklearn(x, atoms, lam, positive):
     return torch.from_numpy(code)
 
 
+@pytest.mark.parametrize("working_set", [4, 16, 64])  # grows from 4; sub-problems of 16; plain FISTA (K ≤ 128)
 @pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("lam", [0.02, 0.2])
-def test_fista_matches_sklearn_objective(lam, nonneg):
+def test_fista_matches_sklearn_objective(lam, nonneg, working_set):
     x, atoms = _problem()
-    ours = fista(x, Dictionary(atoms), lam, nonneg)
+    ours = fista(x, Dictionary(atoms), lam, nonneg, LassoSettings(working_set=working_set))
     ref = _sklearn(x, atoms, lam, nonneg)
     obj = lasso_objective(x.double(), atoms.double(), ours.double(), lam).sum()
     obj_ref = lasso_objective(x.double(), atoms.double(), ref, lam).sum()
@@ -46,6 +47,7 @@ def test_fista_chunks_and_warm_start_agree():
     d = Dictionary(atoms)
     whole = fista(x, d, 0.1)
     chunked = fista(x, d, 0.1, settings=LassoSettings(chunk_rows=7))
+    assert not torch.equal(whole, fista(x, d, 0.1, settings=LassoSettings(max_iter=3)))  # max_iter is honoured
     torch.testing.assert_close(whole, chunked, atol=1e-4, rtol=1e-3)
     warm = fista(x, d, 0.1, settings=LassoSettings(max_iter=5), init=whole)
     cold = fista(x, d, 0.1, settings=LassoSettings(max_iter=5))
@@ -65,13 +67,26 @@ def test_least_squares_is_exact_when_complete_and_minimum_norm():
 
 
 def test_sparsity_grows_with_lambda():
-    x, atoms = _problem()
+    x, atoms = _problem(n=80)
     d = Dictionary(atoms)
     l0 = [float((fista(x, d, lam) != 0).float().mean()) for lam in (0.01, 0.05, 0.2, 0.8)]
     assert all(a > b for a, b in zip(l0, l0[1:])), l0
 
 
-@pytest.mark.parametrize("kwargs", [{"max_iter": 0}, {"tol": 0.0}, {"chunk_rows": -1}, {"max_iter": 2.5}])
+def test_solvers_agree():
+    x, atoms = _problem(n=60)
+    d = Dictionary(atoms)
+    cd = lasso_cd(x, d, 0.1, nonneg=True)
+    assert cd.dtype == x.dtype and (cd >= 0).all()
+    torch.testing.assert_close(lasso(x, d, 0.1, True, LassoSettings(solver="lasso_cd")), cd)
+    torch.testing.assert_close(lasso(x, d, 0.1, True), fista(x, d, 0.1, True))
+    objective = [float(lasso_objective(x, atoms, u, 0.1).sum()) for u in (cd, fista(x, d, 0.1, True))]
+    assert abs(objective[0] - objective[1]) / objective[0] < 0.01
+    warm = lasso_cd(x, d, 0.1, init=cd)
+    assert float(lasso_objective(x, atoms, warm, 0.1).sum()) <= objective[0] * 1.0001
+
+
+@pytest.mark.parametrize("kwargs", [{"solver": "admm"}, {"working_set": 0}, {"max_iter": 0}, {"tol": 0.0}, {"chunk_rows": -1}, {"max_iter": 2.5}])
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
         LassoSettings(**kwargs)

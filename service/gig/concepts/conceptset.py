@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from gig.concepts.decompose import Dictionary, LassoSettings, fista, least_squares
+from gig.concepts.decompose import Dictionary, LassoSettings, lasso, least_squares
 
 FORMAT = "gigaudit.concept-set/1"
 _STATS = ("frequency", "mean_coefficient")
@@ -63,7 +63,7 @@ class LayerConcepts:
 class ConceptSet:
     """Concepts of several layers (in forward order) and the Lasso that decomposes PFVs into them.
 
-    ``lam`` is the ℓ1 weight (``0`` = least squares), ``nonneg`` forces ``u ≥ 0``, ``solver`` the FISTA settings;
+    ``lam`` is the ℓ1 weight (``0`` = least squares), ``nonneg`` forces ``u ≥ 0``, ``solver`` the Lasso solver settings;
     ``method`` and ``params`` record how the concepts were extracted.
     """
 
@@ -138,7 +138,7 @@ class ConceptSet:
                 if tuple(init.shape) != tuple(pfvs.shape[:-1]) + (dictionary.atoms.shape[0],):
                     raise ValueError(f"init must have shape {tuple(pfvs.shape[:-1]) + (dictionary.atoms.shape[0],)}")
                 init = init.detach().reshape(rows.shape[0], -1).to(rows.dtype)
-            coef = fista(rows, dictionary, self.lam, self.nonneg, self.solver, init)
+            coef = lasso(rows, dictionary, self.lam, self.nonneg, self.solver, init)
         return coef.reshape(*pfvs.shape[:-1], coef.shape[-1])
 
     def reconstruct(self, layer: str, coefficients: torch.Tensor) -> torch.Tensor:

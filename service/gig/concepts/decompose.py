@@ -1,39 +1,55 @@
 """Decomposition of PFVs into concept coefficients: ``u = argmin ½‖x − Vᵀu‖² + λ‖u‖₁`` (optionally ``u ≥ 0``).
 
 Rows of ``x`` are independent problems, solved together. ``λ = 0`` is least squares (the minimum-norm solution
-when there are more atoms than channels); otherwise a batched FISTA on the precomputed Gram ``G = V Vᵀ`` with
-step ``1/L`` (``L`` the largest eigenvalue of ``G``) and gradient-based momentum restarts; each row stops
-(and leaves the working set) once its relative change falls below ``tol``. The objective is the one of scikit-learn's
-``sparse_encode(..., alpha=λ)`` (which divides both terms by ``C`` inside ``Lasso``), so the two agree.
+when there are more atoms than channels). Otherwise one of two solvers of the same objective (scikit-learn's
+``sparse_encode(..., alpha=λ)``, which divides both terms by ``C`` inside ``Lasso``):
+
+- ``"fista"`` (default): batched torch FISTA on the precomputed Gram ``G = V Vᵀ`` with gradient-based momentum
+  restarts, run per row on a small working set of atoms (its support plus the worst violators of the optimality
+  condition), which keeps each iteration cheap and each sub-problem's step ``1/L`` large; rows leave the batch as
+  they converge. Any device.
+- ``"lasso_cd"``: scikit-learn's coordinate descent (``sparse_encode``, Gram precomputed), the CPU reference.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
 import torch
+from sklearn.decomposition import sparse_encode
+from sklearn.exceptions import ConvergenceWarning
 
 _CHECK_EVERY = 10  # iterations between convergence checks
+SOLVERS = ("fista", "lasso_cd")
 
 
 @dataclass(frozen=True)
 class LassoSettings:
     """Solver settings stored with a concept set."""
 
+    solver: str = "fista"
     max_iter: int = 1000
-    tol: float = 1e-5
-    chunk_rows: int = 8192
+    tol: float = 1e-5  # FISTA only (scikit-learn's lasso_cd uses its own)
+    chunk_rows: int = 8192  # FISTA only
+    working_set: int = 32  # FISTA only: atoms per row iterated at once (grows when needed)
 
     def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown Lasso solver {self.solver!r}; valid: {', '.join(SOLVERS)}")
         if not (isinstance(self.max_iter, int) and self.max_iter > 0):
             raise ValueError(f"max_iter must be a positive int, not {self.max_iter!r}")
         if not self.tol > 0:
             raise ValueError(f"tol must be positive, not {self.tol!r}")
-        if not (isinstance(self.chunk_rows, int) and self.chunk_rows > 0):
-            raise ValueError(f"chunk_rows must be a positive int, not {self.chunk_rows!r}")
+        for name in ("chunk_rows", "working_set"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
 
 
 class Dictionary:
-    """Concept vectors ``V`` (``K × C``) with what the solvers reuse: the Gram matrix, ``L`` and ``pinv(Vᵀ)``."""
+    """Concept vectors ``V`` (``K × C``) with what the solvers reuse, computed once when first needed."""
 
     def __init__(self, atoms: torch.Tensor):
         if atoms.dim() != 2 or atoms.shape[0] == 0 or atoms.shape[1] == 0:
@@ -41,16 +57,27 @@ class Dictionary:
         if not atoms.is_floating_point() or not torch.isfinite(atoms).all():
             raise ValueError("concept vectors must be finite floating-point values")
         self.atoms = atoms
-        self.gram = atoms @ atoms.T
-        self.lipschitz = float(torch.linalg.eigvalsh(self.gram.double())[-1].clamp_min(1e-12))
-        self._pinv: torch.Tensor | None = None
 
-    @property
+    @cached_property
+    def gram(self) -> torch.Tensor:
+        """``G = V Vᵀ`` ``(K, K)``."""
+        return self.atoms @ self.atoms.T
+
+    @cached_property
+    def lipschitz(self) -> float:
+        """``L``: the largest eigenvalue of ``G``, the Lipschitz constant of the smooth part's gradient."""
+        return float(torch.linalg.eigvalsh(self.gram.double())[-1].clamp_min(1e-12))
+
+    @cached_property
     def pinv(self) -> torch.Tensor:
         """``pinv(Vᵀ)`` as ``(C, K)``: ``x @ pinv`` is the minimum-norm least-squares code."""
-        if self._pinv is None:
-            self._pinv = torch.linalg.pinv(self.atoms.double().T).T.to(self.atoms.dtype)
-        return self._pinv
+        return torch.linalg.pinv(self.atoms.double().T).T.to(self.atoms.dtype)
+
+    @cached_property
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Atoms and Gram as float64 NumPy arrays (for scikit-learn)."""
+        atoms = self.atoms.detach().cpu().double()
+        return atoms.numpy(), (atoms @ atoms.T).numpy()
 
 
 def lasso_objective(x: torch.Tensor, atoms: torch.Tensor, coef: torch.Tensor, lam: float) -> torch.Tensor:
@@ -64,6 +91,37 @@ def least_squares(x: torch.Tensor, dictionary: Dictionary) -> torch.Tensor:
     return x @ dictionary.pinv
 
 
+def lasso(
+    x: torch.Tensor,
+    dictionary: Dictionary,
+    lam: float,
+    nonneg: bool = False,
+    settings: LassoSettings = LassoSettings(),
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by the solver ``settings.solver`` names."""
+    solve = lasso_cd if settings.solver == "lasso_cd" else fista
+    return solve(x, dictionary, lam, nonneg, settings, init)
+
+
+def lasso_cd(
+    x: torch.Tensor,
+    dictionary: Dictionary,
+    lam: float,
+    nonneg: bool = False,
+    settings: LassoSettings = LassoSettings(),
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lasso coefficients ``(N, K)`` by scikit-learn's coordinate descent (float64, on the CPU)."""
+    atoms, gram = dictionary.numpy
+    start = None if init is None else init.detach().cpu().double().numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # its duality-gap tolerance (1e-8) is fixed and strict
+        code = sparse_encode(x.detach().cpu().double().numpy(), atoms, gram=gram, algorithm="lasso_cd", alpha=lam,
+                             init=start, max_iter=settings.max_iter, positive=nonneg)
+    return torch.from_numpy(code).to(x.device, x.dtype)
+
+
 def fista(
     x: torch.Tensor,
     dictionary: Dictionary,
@@ -72,24 +130,75 @@ def fista(
     settings: LassoSettings = LassoSettings(),
     init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched FISTA, chunked over rows."""
+    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched working-set FISTA, chunked over rows.
+
+    Each row iterates on its own ``working_set`` atoms (its non-zero coefficients, then the atoms that violate the
+    optimality condition ``|∇_j| ≤ λ`` most), until no atom outside violates it by more than ``λ / 100``; the set
+    doubles when a row's support fills it. With ``K ≤ 2 · working_set`` it is plain FISTA on all atoms.
+    """
     out = torch.empty(x.shape[0], dictionary.atoms.shape[0], dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[0], settings.chunk_rows):
         rows = slice(start, start + settings.chunk_rows)
-        out[rows] = _fista_chunk(x[rows], dictionary, lam, nonneg, settings, None if init is None else init[rows])
+        out[rows] = _working_set(x[rows], dictionary, lam, nonneg, settings, None if init is None else init[rows])
     return out
 
 
-def _fista_chunk(x, dictionary: Dictionary, lam, nonneg, settings: LassoSettings, init):
-    gram, step = dictionary.gram, 1.0 / dictionary.lipschitz
-    threshold = lam * step
-    linear = x @ dictionary.atoms.T  # V x, (N, K)
-    out = torch.zeros_like(linear) if init is None else init.clone()
-    active = torch.arange(x.shape[0], device=x.device)  # rows still iterating
-    coef, point = out.clone(), out.clone()
-    momentum = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
+def _working_set(x, dictionary: Dictionary, lam, nonneg, settings: LassoSettings, init):
+    gram, linear = dictionary.gram, x @ dictionary.atoms.T  # G and V x, (N, K)
+    k = gram.shape[0]
+    coef = torch.zeros_like(linear) if init is None else init.clone()
+    size = settings.working_set
+    if k <= 2 * size:
+        return _fista(gram, linear, torch.full_like(linear[:, :1], dictionary.lipschitz), lam, nonneg, settings, coef)
+    pending = torch.arange(x.shape[0], device=x.device)  # rows not yet known to be optimal
+    for round_ in range(_MAX_ROUNDS):
+        rows_coef = coef[pending]
+        excess = _kkt_excess(rows_coef @ gram - linear[pending], lam, nonneg).masked_fill(rows_coef != 0, -torch.inf)
+        unsettled = excess.amax(1) > _KKT_TOL * lam
+        if round_ == 0:  # a warm start's non-zero coefficients are not known to be optimal yet
+            unsettled |= (rows_coef != 0).any(1)
+        pending, rows_coef, excess = pending[unsettled], rows_coef[unsettled], excess[unsettled]
+        if not pending.numel():
+            break
+        while int((rows_coef != 0).sum(1).max()) >= size and size < k:
+            size = min(2 * size, k)
+        priority = excess.masked_fill(rows_coef != 0, torch.inf)
+        chosen = priority.topk(size, dim=1).indices  # (n, size): the support first, then the worst violators
+        for part in torch.split(torch.arange(pending.numel(), device=x.device), max(1, _SUB_GRAM_ELEMENTS // size**2)):
+            idx, rows = chosen[part], pending[part]
+            sub_gram = gram[idx.unsqueeze(2), idx.unsqueeze(1)]  # (n, size, size)
+            # A safe step per row: the Gershgorin bound of its sub-Gram, never above the full Gram's L.
+            lipschitz = sub_gram.abs().sum(2).amax(1, keepdim=True).clamp_max(dictionary.lipschitz)
+            sub = _fista(sub_gram, linear[rows].gather(1, idx), lipschitz, lam, nonneg, settings,
+                         coef[rows].gather(1, idx))
+            coef[rows] = torch.zeros_like(coef[rows]).scatter_(1, idx, sub)
+        if size == k:
+            break  # every atom was in the set: the rows are solved
+    return coef
+
+
+_MAX_ROUNDS = 20  # working-set rounds; each adds the worst violators, so few are needed
+_KKT_TOL = 1e-2  # a zero coefficient may exceed the threshold λ by this fraction of λ
+_SUB_GRAM_ELEMENTS = 1 << 25  # rows × size² per sub-problem batch (128 MiB in float32)
+
+
+def _kkt_excess(grad: torch.Tensor, lam: float, nonneg: bool) -> torch.Tensor:
+    """How far a zero coefficient's gradient exceeds the ℓ1 threshold (positive: it should become non-zero)."""
+    return (-grad if nonneg else grad.abs()) - lam
+
+
+def _fista(gram, linear, lipschitz, lam, nonneg, settings: LassoSettings, coef):
+    """FISTA on ``½ uᵀGu − uᵀb + λ‖u‖₁`` per row; ``gram`` ``(K, K)`` shared or ``(N, K, K)`` per row,
+    ``lipschitz`` ``(N, 1)``; rows retire once their relative change falls below ``tol``."""
+    step = 1.0 / lipschitz
+    out = coef.clone()
+    active = torch.arange(linear.shape[0], device=linear.device)  # rows still iterating
+    point = coef.clone()
+    momentum = torch.ones_like(step)
     for iteration in range(1, settings.max_iter + 1):
-        z = point - step * (point @ gram - linear)
+        product = point @ gram if gram.dim() == 2 else torch.bmm(point.unsqueeze(1), gram).squeeze(1)
+        z = point - step * (product - linear)
+        threshold = lam * step
         new = (z - threshold).clamp_min(0) if nonneg else torch.sign(z) * (z.abs() - threshold).clamp_min(0)
         change = new - coef
         # Restart the momentum of rows whose step goes against it (O'Donoghue & Candès 2015).
@@ -103,7 +212,10 @@ def _fista_chunk(x, dictionary: Dictionary, lam, nonneg, settings: LassoSettings
             if done.any():
                 out[active[done]] = coef[done]
                 keep = ~done
-                active, coef, point, momentum, linear = (t[keep] for t in (active, coef, point, momentum, linear))
+                active, coef, point, momentum, linear, step = (
+                    t[keep] for t in (active, coef, point, momentum, linear, step))
+                if gram.dim() == 3:
+                    gram = gram[keep]
                 if active.numel() == 0:
                     break
     out[active] = coef
