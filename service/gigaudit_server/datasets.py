@@ -26,6 +26,10 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+class LimitExceeded(ValueError):
+    """An archive is valid but larger than the configured limits (the API answers RESOURCE_EXHAUSTED)."""
+
+
 @dataclass(frozen=True)
 class DatasetLimits:
     max_images: int = 100_000
@@ -196,7 +200,7 @@ class _Archive:
                 raise ValueError(f"archive expands beyond {self.limits.max_total_bytes} bytes at member {raw_name!r}")
             entries.append(_Entry(name, size, member))
             if len(entries) > self.limits.max_images:
-                raise ValueError(f"archive holds more than {self.limits.max_images} images (at member {raw_name!r})")
+                raise LimitExceeded(f"archive holds more than {self.limits.max_images} images (at member {raw_name!r})")
         if not entries:
             raise ValueError(f"archive holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         classes = sorted({e.name.split("/")[0] for e in entries}) if depth == 2 else []

@@ -129,5 +129,5 @@ def test_image_count_limit(datasets):
         for i in range(51):
             h.add_member(tar, f"{i:03d}.png", _png(4))
     error = refused(lambda: datasets.UploadDataset(h.dataset_requests("many", out.getvalue())),
-                    grpc.StatusCode.INVALID_ARGUMENT)
+                    grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert "50" in error.details()

@@ -101,6 +101,9 @@ class DatasetServicer(dataset_grpc.DatasetServiceServicer):
                       "size_bytes": size, "format": info.format, "n_images": info.n_images,
                       "class_names": list(info.class_names), "uri": uri, "request_id": request_id}
             record, _ = self.backend.catalog.create("datasets", dataset_id, record, request_id=request_id)
+        except datasets.LimitExceeded as exc:
+            self.backend.forget_artifact("datasets", sha)
+            raise errors.resource_exhausted("chunk", str(exc)) from None
         except ValueError as exc:
             self.backend.forget_artifact("datasets", sha)
             raise errors.invalid_argument({"chunk": str(exc)}, f"not a valid dataset archive: {exc}") from None
