@@ -62,6 +62,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lam", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--top-t", type=int, default=5)
+    parser.add_argument("--max-batch-rows", type=int, default=None, help="(image × step) rows per segment chunk")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions on CUDA")
     args = parser.parse_args(argv)
 
@@ -100,7 +101,8 @@ def main(argv=None) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sync()
     start = time.perf_counter()
-    graph = gig.build_graph(model, data, concepts, layers, steps=args.steps, top_t=args.top_t)
+    graph = gig.build_graph(model, data, concepts, layers, steps=args.steps, top_t=args.top_t,
+                            max_batch_rows=args.max_batch_rows)
     sync()
     graph_s = time.perf_counter() - start
     completeness = graph.to_dict()["evidence"].get("completeness", {})
@@ -119,6 +121,7 @@ def main(argv=None) -> dict:
         "top_t": args.top_t,
         "images": n_images,
         "tf32": args.tf32,
+        "max_batch_rows": args.max_batch_rows,
         "build_graph_s": round(graph_s, 3),
         "images_per_s": round(n_images / graph_s, 3),
         "decompose_only_s": round(decompose_s, 3),
