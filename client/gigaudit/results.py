@@ -139,17 +139,27 @@ class ConceptGraph:
         Returns (relevance per node, kept edges). At each layer the edges are kept, largest flow first, until they
         carry `coverage` of the flow into that layer; relevance flows only along kept edges.
         """
+        start = self.class_node(cls)
+        return self._propagate({start: 1.0}, self.nodes[start]["index"], coverage)
+
+    def overall_relevance(self) -> dict[str, float]:
+        """Relevance of every node for all classes at once (each class weighs 1/n, unconditional shares).
+
+        One pass over the edges, so cheap on graphs with many classes; used to rank nodes for display.
+        """
+        classes = [n["id"] for n in self.class_nodes()]
+        return self._propagate({c: 1.0 / len(classes) for c in classes}, None, 1.0)[0] if classes else {}
+
+    def _propagate(self, start: dict[str, float], cls: int | None, coverage: float):
         if not 0.0 < coverage <= 1.0:
             raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-        start = self.class_node(cls)
-        index = self.nodes[start]["index"]
-        rel = {start: 1.0}
+        rel = dict(start)
         kept: list[tuple[str, str]] = []
-        frontier = [start]
+        frontier = list(start)
         while frontier:
             flows = []
             for target in frontier:
-                for source, share in self.shares(target, index).items():
+                for source, share in self.shares(target, cls).items():
                     if share:
                         flows.append((rel[target] * abs(share), source, target))
             flows.sort(reverse=True)

@@ -10,6 +10,7 @@ from PIL import Image, ImageStat
 
 from gigaudit.policy import evaluate_policy
 from gigaudit.report import build_report, write_report
+from gigaudit.results import ConceptGraph
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless chromium not installed (apt-get install chromium)")
@@ -123,3 +124,13 @@ def test_controls_prune_search_and_collapse(graph, tmp_path):
     assert rendered("nodes=6")[0] == 6 + 6 + 3
     assert rendered("search=features.1:")[0::2] == (2 + 6 + 2, 6)
     assert rendered("collapse=features.0,logits")[0] == 2
+
+
+def test_large_graphs_carry_only_the_strongest_edges(graph):
+    data = payload(build_report(graph, max_edges=1, max_circuits=1))
+    circuit_edges = {tuple(e) for e in data["circuits"]["logits:0"]["edges"]}
+    assert list(data["circuits"]) == ["logits:0"] and data["n_edges"] == len(graph["edges"])
+    kept = {(e[0], e[1]) for e in data["edges"]}
+    strongest = {(e["source"], e["target"]) for e in ConceptGraph(graph).prune(1)}
+    assert kept == strongest | circuit_edges and len(kept) < len(graph["edges"])
+    assert data["controls"]["top_k"] == 1

@@ -92,3 +92,12 @@ def test_exemplar_images_and_overlay():
     assert overlay.mode == "RGBA" and overlay.size == (32, 32)
     alpha = overlay.getchannel("A")
     assert alpha.getextrema()[1] > 100 and alpha.getpixel((0, 0)) == 0  # hot where the map is, clear elsewhere
+
+
+def test_overall_relevance_is_the_mean_over_classes_on_unconditional_shares():
+    edges = {("a:0", "logits:0"): {"values": [3.0], "classes": [0]},
+             ("a:1", "logits:0"): {"values": [-1.0], "classes": [0]},
+             ("a:1", "logits:1"): {"values": [2.0], "classes": [1]}}
+    view = ConceptGraph(make_graph(edges, ["a"], 2, ["x", "y"]))
+    rel = view.overall_relevance()
+    assert rel["a:0"] == pytest.approx(0.5 * 0.75) and rel["a:1"] == pytest.approx(0.5 * 0.25 + 0.5)

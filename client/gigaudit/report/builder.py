@@ -17,19 +17,23 @@ from gigaudit.results import CLASS_LAYER, ConceptGraph, Exemplar
 
 def build_report(graph: ConceptGraph | dict, *, exemplars: Mapping[str, Sequence[Exemplar]] | None = None,
                  policy: PolicyResult | dict | None = None, title: str = "gigaudit report", top_k: int = 3,
-                 nodes_per_layer: int = 12, coverage: float = 0.8, thumb_size: int = 48) -> str:
+                 nodes_per_layer: int = 12, coverage: float = 0.8, thumb_size: int = 48, max_edges: int = 10,
+                 max_circuits: int = 200) -> str:
     """The report as one HTML string.
 
     `exemplars` maps node ids to their exemplars (crop PNGs, optional iERF maps); `policy` is the result of
     `evaluate_policy` (its checks and drift are shown); `top_k`, `nodes_per_layer` are the initial display controls.
+    The page carries the `max_edges` strongest inputs of every node (plus circuit edges) and the circuits of the
+    first `max_circuits` classes, which keeps it small and quick for large graphs.
     """
     view = graph if isinstance(graph, ConceptGraph) else ConceptGraph(graph)
-    if top_k < 1 or nodes_per_layer < 1:
-        raise ValueError(f"top_k and nodes_per_layer must be >= 1, got {top_k} and {nodes_per_layer}")
+    if min(top_k, nodes_per_layer, max_edges) < 1 or max_circuits < 0:
+        raise ValueError(f"top_k, nodes_per_layer, max_edges must be >= 1 and max_circuits >= 0, got {top_k}, "
+                         f"{nodes_per_layer}, {max_edges}, {max_circuits}")
     policy_dict = policy.to_dict() if isinstance(policy, PolicyResult) else policy
-    payload = _payload(view, exemplars or {}, coverage, thumb_size)
+    payload = _payload(view, exemplars or {}, coverage, thumb_size, max_edges, max_circuits)
+    payload["controls"] = {"top_k": min(top_k, max_edges), "nodes_per_layer": nodes_per_layer, "max_edges": max_edges}
     evidence = ev.in_layer_order(view.evidence, view.layers)
-    payload["controls"] = {"top_k": top_k, "nodes_per_layer": nodes_per_layer}
     fields = {
         "title": escape(title),
         "css": _asset("report.css"),
@@ -58,14 +62,11 @@ def _asset(name: str) -> str:
     return resources.files("gigaudit.report").joinpath(name).read_text(encoding="utf-8")
 
 
-def _payload(view: ConceptGraph, exemplars, coverage: float, thumb_size: int) -> dict:
-    classes = view.class_nodes()
-    relevance: dict[str, float] = {}
+def _payload(view: ConceptGraph, exemplars, coverage: float, thumb_size: int, max_edges: int,
+             max_circuits: int) -> dict:
+    relevance = view.overall_relevance()
     circuits = {}
-    for node in classes:
-        rel, _ = view.relevance(node["index"], coverage=1.0)
-        for n, r in rel.items():
-            relevance[n] = relevance.get(n, 0.0) + r / len(classes)
+    for node in view.class_nodes()[:max_circuits]:
         circuit = view.circuit(node["index"], coverage)
         circuits[node["id"]] = {"label": view.class_label(node["id"]), "nodes": circuit["nodes"],
                                 "edges": circuit["edges"]}
@@ -82,10 +83,14 @@ def _payload(view: ConceptGraph, exemplars, coverage: float, thumb_size: int) ->
                       "src": _data_uri(_resized(e.png, 2 * thumb_size)),
                       "overlay": _data_uri(_resized(e.ierf_overlay_png(), 2 * thumb_size)) if e.ierf_png else None}
                      for e in shots] for nid, shots in exemplars.items() if nid in view.nodes}
-    edges = [[e["source"], e["target"], e["share"], e.get("mean", 0.0), e.get("count", 0)] for e in view.edges]
+    # the strongest `max_edges` inputs of every node, and every circuit edge: enough for every view the page offers
+    wanted = {(e["source"], e["target"]) for e in view.prune(max_edges)}
+    wanted |= {tuple(edge) for c in circuits.values() for edge in c["edges"]}
+    edges = [[e["source"], e["target"], e["share"], e.get("mean", 0.0), e.get("count", 0)] for e in view.edges
+             if (e["source"], e["target"]) in wanted]
     columns = view.concept_layers + [CLASS_LAYER]
     return {"columns": columns, "nodes": nodes, "edges": edges, "circuits": circuits, "gallery": gallery,
-            "n_images": view.n_images, "params": view.data.get("params", {})}
+            "n_images": view.n_images, "params": view.data.get("params", {}), "n_edges": len(view.edges)}
 
 
 def _resized(png: bytes, size: int) -> bytes:

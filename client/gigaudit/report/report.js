@@ -155,6 +155,7 @@
   function bind() {
     const topK = document.getElementById("top-k"), perLayer = document.getElementById("per-layer");
     topK.value = state.topK;
+    topK.max = data.controls.max_edges;
     perLayer.value = state.perLayer;
     topK.addEventListener("input", () => { state.topK = Math.max(1, +topK.value || 1); draw(); });
     perLayer.addEventListener("input", () => { state.perLayer = Math.max(1, +perLayer.value || 1); draw(); });
