@@ -205,6 +205,7 @@ class Exemplar:
     coefficient: float
     png: bytes
     ierf_png: bytes | None = None
+    image_name: str = ""
 
     def to_pil(self):
         from PIL import Image

@@ -101,3 +101,9 @@ def test_folder_is_packed_deterministically(tmp_path):
     with pytest.raises(ValueError, match="folder or an archive"):
         with _archive(tmp_path / "data" / "notes.txt"):
             pass
+
+
+def test_serve_is_forwarded_to_the_server_package(capfd):
+    pytest.importorskip("gigaudit_server")
+    assert main(["serve", "--help"]) == 0
+    assert "--redis-url" in capfd.readouterr().out

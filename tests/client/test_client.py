@@ -1,5 +1,6 @@
 """AuditClient and the CLI against the real server (`python -m gigaudit_server serve`, embedded Redis + worker)."""
 import json
+import re
 import pickle
 
 import grpc
@@ -102,6 +103,8 @@ def test_cli_audit_writes_report_and_gates(server, dataset_dir, tmp_path, capsys
     concepts = [n for n in graph["nodes"] if n["kind"] == "concept"]
     assert concepts and all(n["exemplars"] for n in concepts if n["count"])
     html = (tmp_path / "a" / "index.html").read_text()
+    gallery = json.loads(re.search(r'id="report-data">(.*?)</script>', html, re.S).group(1))["gallery"]
+    assert gallery and all(ex["name"] and ex["overlay"] for shots in gallery.values() for ex in shots)
     assert html.count("data:image/png;base64,") >= len([n for n in concepts if n["exemplars"]])
     assert json.loads((tmp_path / "a" / "policy.json").read_text())["passed"] is True
     # the same audit again reuses model, dataset and operation; a strict policy fails it with exit code 1

@@ -79,7 +79,7 @@ def _payload(view: ConceptGraph, exemplars, coverage: float, thumb_size: int, ma
                       "mean_coefficient": node.get("mean_coefficient"),
                       "relevance": round(relevance.get(node["id"], 0.0), 6),
                       "thumb": _data_uri(_resized(shots[0].png, thumb_size)) if shots else None})
-    gallery = {nid: [{"image": e.image, "position": e.position, "coefficient": e.coefficient,
+    gallery = {nid: [{"image": e.image, "name": e.image_name, "position": e.position, "coefficient": e.coefficient,
                       "src": _data_uri(_resized(e.png, 2 * thumb_size)),
                       "overlay": _data_uri(_resized(e.ierf_overlay_png(), 2 * thumb_size)) if e.ierf_png else None}
                      for e in shots] for nid, shots in exemplars.items() if nid in view.nodes}

@@ -144,6 +144,7 @@
       }
       const cap = document.createElement("div");
       cap.textContent = `img ${ex.image} @${ex.position} · ${(+ex.coefficient).toPrecision(3)}`;
+      if (ex.name) cap.title = ex.name;
       box.appendChild(cap);
       gallery.appendChild(box);
     }
