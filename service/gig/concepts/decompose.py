@@ -144,7 +144,8 @@ def fista(
 
 
 def _working_set(x, dictionary: Dictionary, lam, nonneg, settings: LassoSettings, init):
-    gram, linear = dictionary.gram, x @ dictionary.atoms.T  # G and V x, (N, K)
+    atoms, gram = dictionary.atoms, dictionary.gram
+    linear = x @ atoms.T  # V x, (N, K)
     k = gram.shape[0]
     coef = torch.zeros_like(linear) if init is None else init.clone()
     size = settings.working_set
@@ -153,7 +154,8 @@ def _working_set(x, dictionary: Dictionary, lam, nonneg, settings: LassoSettings
     pending = torch.arange(x.shape[0], device=x.device)  # rows not yet known to be optimal
     for round_ in range(_MAX_ROUNDS):
         rows_coef = coef[pending]
-        excess = _kkt_excess(rows_coef @ gram - linear[pending], lam, nonneg).masked_fill(rows_coef != 0, -torch.inf)
+        grad = (rows_coef @ atoms - x[pending]) @ atoms.T  # = G u − V x, in O(C·K) per row instead of O(K²)
+        excess = _kkt_excess(grad, lam, nonneg).masked_fill(rows_coef != 0, -torch.inf)
         unsettled = excess.amax(1) > _KKT_TOL * lam
         if round_ == 0:  # a warm start's non-zero coefficients are not known to be optimal yet
             unsettled |= (rows_coef != 0).any(1)
