@@ -24,7 +24,8 @@ from gig.pfv import to_pfvs
 def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_per_image=1,
                      sampling="contribution", lam=0.1, nonneg=False, seed=0, device=None, progress=None,
                      n_exemplars=8) -> ConceptSet:
-    """Concepts of ``layers`` of ``model`` on ``data`` (a re-iterable of images or ``(images, labels)``).
+    """Concepts of ``layers`` of ``model`` on ``data`` (a re-iterable of images or ``(images, labels)`` that yields
+    the same images in the same order on each pass: no shuffling; exemplars name images by that order).
 
     ``n_concepts``: ``None`` (``8 × C`` per layer), an int, or ``{layer: int}`` (others keep the default); always
     clipped to the number of distinct sampled PFVs. ``method``: a clustering name (:mod:`.clustering`);
