@@ -21,7 +21,10 @@ import torch
 from sklearn.decomposition import sparse_encode
 from sklearn.exceptions import ConvergenceWarning
 
-_CHECK_EVERY = 10  # iterations between convergence checks
+_CHECK_EVERY = 10  # FISTA iterations between convergence checks
+_MAX_ROUNDS = 20  # working-set rounds; each adds the worst violators, so few are needed
+_KKT_TOL = 1e-2  # a zero coefficient may exceed the threshold λ by this fraction of λ
+_SUB_GRAM_ELEMENTS = 1 << 25  # rows × size² per sub-problem batch (128 MiB in float32)
 SOLVERS = ("fista", "lasso_cd")
 
 
@@ -38,11 +41,9 @@ class LassoSettings:
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown Lasso solver {self.solver!r}; valid: {', '.join(SOLVERS)}")
-        if not (isinstance(self.max_iter, int) and self.max_iter > 0):
-            raise ValueError(f"max_iter must be a positive int, not {self.max_iter!r}")
-        if not self.tol > 0:
-            raise ValueError(f"tol must be positive, not {self.tol!r}")
-        for name in ("chunk_rows", "working_set"):
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ValueError(f"tol must be a positive number, not {self.tol!r}")
+        for name in ("max_iter", "chunk_rows", "working_set"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
@@ -177,11 +178,6 @@ def _working_set(x, dictionary: Dictionary, lam, nonneg, settings: LassoSettings
         if size == k:
             break  # every atom was in the set: the rows are solved
     return coef
-
-
-_MAX_ROUNDS = 20  # working-set rounds; each adds the worst violators, so few are needed
-_KKT_TOL = 1e-2  # a zero coefficient may exceed the threshold λ by this fraction of λ
-_SUB_GRAM_ELEMENTS = 1 << 25  # rows × size² per sub-problem batch (128 MiB in float32)
 
 
 def _kkt_excess(grad: torch.Tensor, lam: float, nonneg: bool) -> torch.Tensor:
