@@ -45,6 +45,14 @@ def test_nonneg_coefficients():
     assert (coef >= 0).all() and (coef > 0).any()
 
 
+def test_edited_vectors_are_used():
+    cs = _set(lam=0.0)
+    pfvs = torch.randn(5, 4)
+    before = cs.decompose("a", pfvs)
+    cs.layers["a"].vectors.mul_(2)
+    torch.testing.assert_close(cs.decompose("a", pfvs), before / 2)
+
+
 def test_decompose_ignores_autograd():
     pfvs = torch.randn(3, 4, requires_grad=True)
     assert not _set().decompose("a", pfvs).requires_grad
@@ -123,6 +131,7 @@ def test_bad_inputs(call):
     lambda: ConceptSet.from_vectors({"a": torch.randn(3, 2)}, lam=0, nonneg=True),
     lambda: ConceptSet.from_vectors({"a": torch.randn(3, 2)}, bogus=1),
     lambda: ConceptSet.from_vectors([torch.randn(3, 2)]),
+    lambda: ConceptSet.from_vectors({"a": [[1.0, 2.0]]}),
     lambda: LayerConcepts(torch.randn(3)),
     lambda: LayerConcepts(torch.randn(3, 2), frequency=torch.zeros(4)),
 ])

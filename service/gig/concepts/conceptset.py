@@ -98,7 +98,8 @@ class ConceptSet:
             settings = LassoSettings(**solver)
         except TypeError as exc:
             raise ValueError(f"unknown solver setting; valid: {', '.join(LassoSettings.__dataclass_fields__)}") from exc
-        layers = {name: LayerConcepts(v.detach().clone()) for name, v in vectors.items()}
+        layers = {name: LayerConcepts(v.detach().clone() if isinstance(v, torch.Tensor) else v)
+                  for name, v in vectors.items()}
         return cls(layers, lam=lam, nonneg=nonneg, solver=settings)
 
     # ------------------------------------------------------------------ decomposition
@@ -112,9 +113,10 @@ class ConceptSet:
         return self[layer].vectors
 
     def _dictionary(self, layer: str, like: torch.Tensor) -> Dictionary:
-        key = (layer, like.device, like.dtype)
+        vectors = self[layer].vectors
+        key = (layer, like.device, like.dtype, id(vectors), vectors._version)  # new or edited vectors: a new entry
         if key not in self._dictionaries:
-            self._dictionaries[key] = Dictionary(self[layer].vectors.to(like.device, like.dtype))
+            self._dictionaries[key] = Dictionary(vectors.to(like.device, like.dtype))
         return self._dictionaries[key]
 
     def _check_pfvs(self, layer: str, pfvs: torch.Tensor) -> None:
