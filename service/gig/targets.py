@@ -32,7 +32,7 @@ def concept_targets(coefficients, vectors, like_shape, targets=None, top_t=5, ma
             raise ValueError(f"top_t must be an integer in [1, {n_concepts}] (concepts of the target), got {top_t!r}")
         targets = coefficients.sum(1).topk(top_t, dim=1).indices
     else:
-        targets = _check_indices(targets, batch, n_concepts, "concepts of the target layer")
+        targets = _check_indices(targets, batch, n_concepts, "concepts of the target layer").to(coefficients.device)
     units = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny)
     chosen = coefficients.gather(2, targets.unsqueeze(1).expand(-1, coefficients.shape[1], -1))  # (B, P, T)
     on = (chosen > 0) if mask == "positive" else torch.ones_like(chosen, dtype=torch.bool)

@@ -153,7 +153,7 @@ def test_linear_segment_matches_the_closed_form():
 def test_chunked_rows_equal_one_batch():
     model, concepts, x = tiny_cnn("relu"), random_concepts(TINY), images(3)
     whole = attribute(model, x, concepts, "block1", "block2", steps=5, max_batch_rows=1000)
-    for rows in (1, 4, 7):
+    for rows in (1, 4, 7, 10):  # step chunks, one image, two images and an uneven last chunk
         chunked = attribute(model, x, concepts, "block1", "block2", steps=5, max_batch_rows=rows)
         assert torch.allclose(chunked.attributions, whole.attributions, atol=1e-5)
         assert torch.allclose(chunked.target_difference, whole.target_difference, atol=1e-5)
