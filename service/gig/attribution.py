@@ -81,7 +81,8 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
     with torch.enable_grad():
         gradients = _integrated_gradients(segment, start, target_weights, alphas, weights, rows)
     pfv_gradients = to_pfvs(gradients.flatten(0, 1)).unflatten(0, (n_targets, batch))  # (T, B, P, C)
-    attributions = ((pfv_gradients @ vectors.T) * coefficients).sum(2).permute(1, 2, 0)  # (B, K, T)
+    # GIG(q) = Σ_p U_{p,q} <v_q, Ḡ_p>, one target at a time so memory stays at the size of U
+    attributions = torch.stack([((g @ vectors.T) * coefficients).sum(1) for g in pfv_gradients], dim=2)
     if path == "activation":
         residual = to_pfvs(start) - reconstruction
         residual_row = torch.einsum("bpc,tbpc->bt", residual, pfv_gradients)
