@@ -12,7 +12,7 @@ from gig.concepts import ConceptSet
 from gig.concepts.extract import extract_concepts, sample_pfvs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import tiny_cnn  # noqa: E402
+from models import small_vit, tiny_cnn  # noqa: E402
 
 PALETTE = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.6, 0.6, 0.6]])
 
@@ -90,6 +90,14 @@ def test_deterministic_and_records_params(tmp_path):
     loaded = ConceptSet.load(tmp_path / "c")
     loaded.check_model(model, images[:1])
     assert loaded.layers["block1"].exemplars == a.layers["block1"].exemplars
+
+
+def test_vit_tokens_are_pfvs():
+    model, images = small_vit().eval(), torch.rand(6, 3, 32, 32)
+    layer = "encoder.layers.encoder_layer_1"
+    cs = extract_concepts(model, [images[:3], images[3:]], [layer], n_concepts=8, pfvs_per_image=2, n_exemplars=3)
+    assert cs.vectors(layer).shape == (8, 16) and cs.params["n_samples"] == {layer: 12}
+    assert all(e.position < 17 for ex in cs.layers[layer].exemplars for e in ex)  # 16 patches + class token
 
 
 class _OnePosition(nn.Module):
