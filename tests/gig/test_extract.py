@@ -177,6 +177,7 @@ class _Residual(nn.Module):
     ({"lam": 0.0, "nonneg": True}, "nonneg"),
     ({"n_exemplars": -1}, "n_exemplars"),
     ({"device": "meta"}, "device"),
+    ({"device": "gpu-please"}, "device"),
     ({"data": (torch.rand(2, 3, 4, 4) for _ in range(2))}, "one-shot"),
     ({"data": []}, "no images"),
     ({"data": [torch.rand(2, 1, 4, 4)]}, r"\(B, 3, H, W\)"),

@@ -68,7 +68,10 @@ def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_
 def _check_device(model, device) -> torch.device:
     param = next(model.parameters(), None)
     own = param.device if param is not None else torch.device("cpu")
-    device = own if device is None else torch.device(device)
+    try:
+        device = own if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', not {device!r}") from exc
     if device.type != own.type or (device.index is not None and own.index is not None and device != own):
         raise ValueError(f"the model is on {own} but device={device}; move the model or pass device={own}")
     return own
