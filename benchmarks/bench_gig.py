@@ -8,7 +8,10 @@ Both start from the same decomposition (least squares, ``lam = 0``, random conce
 
 Each side runs in its own subprocess so that its peak memory can be measured (CPU: ``ru_maxrss`` growth over
 the process's peak after setup; CUDA: ``torch.cuda.max_memory_allocated`` growth); the parent compares the
-attributions and prints one JSON object. Wall and CPU seconds are both reported: on a shared machine the CPU
+attributions and prints one JSON object. The two sides are the same computation (in float64 they agree to
+~1e-14); in float32 they round differently (row order, ``α(UV)`` against ``(αU)V``), and concepts whose terms
+cancel over positions can then differ by ~1e-3 of the largest attribution, about as much as either differs from
+float64. Wall and CPU seconds are both reported: on a shared machine the CPU
 time of each process (all its threads) is the steadier measure of the work done.
 
     python benchmarks/bench_gig.py --config A            # ResNet-50, 96 px, 15 block pairs + layer4.2 → logits
@@ -53,6 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--top-t", type=int, default=5)
     parser.add_argument("--method", default="gausslegendre")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--side", choices=["ours", "naive"], help=argparse.SUPPRESS)  # internal: one side only
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -62,18 +66,19 @@ def setup(args):
     """The seeded model, images, layer pairs and concepts both sides share."""
     arch, layer_slice, with_logits = CONFIGS[args.config]
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)().eval().to(args.device)
+    dtype = getattr(torch, args.dtype)
+    model = getattr(torchvision.models, arch)().eval().to(args.device, dtype)
     layers = default_layers(model)[layer_slice]
     pairs = list(zip(layers, layers[1:] + ([LOGITS] if with_logits else [])))
     if args.pairs is not None:
         pairs = pairs[: args.pairs]
-    images = torch.randn(args.images, 3, args.size, args.size, device=args.device)
+    images = torch.randn(args.images, 3, args.size, args.size, device=args.device, dtype=dtype)
     used = sorted({n for pair in pairs for n in pair if n != LOGITS}, key=layers.index)
     with torch.no_grad():  # also warms up the kernels of both sides (untimed)
         channels = {n: to_pfvs(a).shape[-1] for n, a in traced(model).prefix(used)(images).items() if n != LOGITS}
         model(images)
     generator = torch.Generator().manual_seed(1)
-    vectors = {n: torch.randn(args.concepts, channels[n], generator=generator) for n in used}
+    vectors = {n: torch.randn(args.concepts, channels[n], generator=generator, dtype=dtype) for n in used}
     return model, images, pairs, used, ConceptSet.from_vectors(vectors, lam=0.0)
 
 
@@ -168,7 +173,8 @@ def main(argv=None):
     if args.side:
         measure_side(args)
         return
-    report = {"config": args.config, "model": CONFIGS[args.config][0], "device": args.device, "images": args.images,
+    report = {"config": args.config, "model": CONFIGS[args.config][0], "device": args.device, "dtype": args.dtype,
+              "images": args.images,
               "size": args.size, "steps": args.steps, "method": args.method, "top_t": args.top_t,
               "concepts_per_layer": args.concepts, "lam": 0.0, "torch_threads": torch.get_num_threads(),
               "memory": "CUDA max_memory_allocated growth" if args.device.startswith("cuda")
