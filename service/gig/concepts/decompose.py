@@ -24,6 +24,14 @@ from sklearn.exceptions import ConvergenceWarning
 _CHECK_EVERY = 10  # FISTA iterations between convergence checks
 _MAX_ROUNDS = 20  # working-set rounds; each adds the worst violators, so few are needed
 _KKT_TOL = 1e-2  # a zero coefficient may exceed the threshold λ by this fraction of λ
+def _default_chunk_rows(device: torch.device, k: int) -> int:
+    """Rows per FISTA chunk: small on the CPU (cache), large on accelerators, where every iteration of a chunk
+    costs a dozen kernel launches and small chunks leave the device launch-bound."""
+    return _CPU_CHUNK_ROWS if device.type == "cpu" else max(1, _ACCELERATOR_CHUNK_ELEMENTS // k)
+
+
+_CPU_CHUNK_ROWS = 8192
+_ACCELERATOR_CHUNK_ELEMENTS = 1 << 25  # coefficients per chunk (128 MiB in float32 per (N, K) tensor)
 _SUB_GRAM_ELEMENTS = 1 << 25  # rows × size² per sub-problem batch (128 MiB in float32)
 SOLVERS = ("fista", "lasso_cd")
 
@@ -35,7 +43,7 @@ class LassoSettings:
     solver: str = "fista"
     max_iter: int = 1000
     tol: float = 1e-5  # FISTA only (scikit-learn's lasso_cd uses its own)
-    chunk_rows: int = 8192  # FISTA only
+    chunk_rows: int | None = None  # FISTA only; None: 8192 rows on the CPU, about 2**25 coefficients elsewhere
     working_set: int = 32  # FISTA only: atoms per row iterated at once (grows when needed)
 
     def __post_init__(self):
@@ -45,6 +53,8 @@ class LassoSettings:
             raise ValueError(f"tol must be a positive number, not {self.tol!r}")
         for name in ("max_iter", "chunk_rows", "working_set"):
             value = getattr(self, name)
+            if name == "chunk_rows" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
 
@@ -138,8 +148,9 @@ def fista(
     doubles when a row's support fills it. With ``K ≤ 2 · working_set`` it is plain FISTA on all atoms.
     """
     out = torch.empty(x.shape[0], dictionary.atoms.shape[0], dtype=x.dtype, device=x.device)
-    for start in range(0, x.shape[0], settings.chunk_rows):
-        rows = slice(start, start + settings.chunk_rows)
+    chunk = settings.chunk_rows or _default_chunk_rows(x.device, dictionary.atoms.shape[0])
+    for start in range(0, x.shape[0], chunk):
+        rows = slice(start, start + chunk)
         out[rows] = _working_set(x[rows], dictionary, lam, nonneg, settings, None if init is None else init[rows])
     return out
 
