@@ -30,14 +30,7 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
     ids. ``progress("graph", images_done, total_or_None)`` after every batch.
     """
     t = traced(model)
-    known = list(getattr(concepts, "layers", None) or [])
-    if not known:
-        raise ValueError(f"concepts must be a ConceptSet with at least one layer, not {type(concepts).__name__}")
-    layers = known if layers is None else ([layers] if isinstance(layers, str) else list(layers))
-    missing = [layer for layer in layers if layer not in known]
-    if missing:
-        raise ValueError(f"the concept set has no concepts for {missing}; its layers are: {', '.join(known)}")
-    layers = t.check_layers(layers)
+    layers = check_concept_layers(model, concepts, layers)
     check_method(method)
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
@@ -90,6 +83,18 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
             report("graph", graph.n_images, total)
     graph.evidence = evidence
     return graph
+
+
+def check_concept_layers(model, concepts, layers) -> list[str]:
+    """``layers`` (default: all of the concept set's) in forward order, checked against ``concepts`` and ``model``."""
+    known = list(getattr(concepts, "layers", None) or [])
+    if not known:
+        raise ValueError(f"concepts must be a ConceptSet with at least one layer, not {type(concepts).__name__}")
+    layers = known if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+    missing = [layer for layer in layers if layer not in known]
+    if missing:
+        raise ValueError(f"the concept set has no concepts for {missing}; its layers are: {', '.join(known)}")
+    return traced(model).check_layers(layers)
 
 
 def _vectors(concepts, layer: str, like: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from gig.build import build_graph
+from gig.build import build_graph, check_concept_layers
 from gig.concepts import extract_concepts
 from gig.data import check_reiterable, eval_mode, iter_batches
 from gig.evaluation.completeness import completeness
@@ -38,7 +38,7 @@ from gig.evaluation.pairs import analyse, pair_problem
 from gig.evaluation.reconstruction import reconstruction
 from gig.evaluation.sanity import weight_randomization
 from gig.evaluation.stability import concept_stability, noise_stability
-from gig.layers import LOGITS, traced
+from gig.layers import LOGITS
 from gig.quadrature import DEFAULT, check_method
 
 METRICS = ("completeness", "reconstruction", "deletion", "fidelity", "stability", "sanity")
@@ -67,7 +67,7 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    layers = _check_layers(model, concepts, layers)
+    layers = check_concept_layers(model, concepts, layers)
     if "stability" in metrics and concepts.method != "given":
         check_reiterable(data)
     report = progress or (lambda stage, done, total: None)
@@ -121,17 +121,6 @@ def _check_metrics(metrics) -> tuple[str, ...]:
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; valid metrics are: {', '.join(METRICS)}")
     return tuple(dict.fromkeys(metrics))
-
-
-def _check_layers(model, concepts, layers) -> list[str]:
-    known = list(getattr(concepts, "layers", None) or [])
-    if not known:
-        raise ValueError(f"concepts must be a ConceptSet with at least one layer, not {type(concepts).__name__}")
-    layers = known if layers is None else ([layers] if isinstance(layers, str) else list(layers))
-    missing = [layer for layer in layers if layer not in known]
-    if missing:
-        raise ValueError(f"the concept set has no concepts for {missing}; its layers are: {', '.join(known)}")
-    return traced(model).check_layers(layers)
 
 
 def _first_images(data, max_images: int, model) -> tuple[torch.Tensor, torch.Tensor | None]:
