@@ -1,19 +1,15 @@
 """ModelService: upload (safetensors only, validated by a worker before registration), get, list, delete, layers."""
 from __future__ import annotations
 
-import re
-
 import grpc
 from google.protobuf import empty_pb2, json_format
 
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit_server import errors
-from gigaudit_server.api import names, resources, uploads
-from gigaudit_server.catalog import AlreadyExists
+from gigaudit_server.api import names, resources, uploaded, uploads
 from gigaudit_server.jobs import JobState
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_INPUT_SIZE = 4096
 
 
@@ -26,40 +22,26 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         header, chunks = uploads.split_upload(request_iterator)
         model_id = names.check_id("header.model_id", header.model_id)
         self._check_header(header)
-        try:  # a retry of a finished upload returns the model without reading the weights again
-            existing = self.backend.catalog.get("models", model_id)
-        except KeyError:
-            existing = None
-        if existing is not None:
-            if header.request_id and existing.get("request_id") == header.request_id:
-                return resources.model_message(existing)
-            raise errors.already_exists("model", f"models/{model_id}")
+        # a retry of a finished upload returns the model without reading the weights again
+        if (existing := uploaded.retried(self.backend, "models", model_id, header.request_id)) is not None:
+            return resources.model_message(existing)
         spec = header.model
-        try:
-            sha, size = self.backend.store.put_stream(
-                "weights", uploads.checked_safetensors(chunks, spec.size_bytes), expected_sha256=spec.sha256,
-                expected_size=spec.size_bytes, max_bytes=self.backend.settings.max_model_bytes)
-        except ValueError as exc:
-            raise errors.invalid_argument({"chunk": str(exc)}, str(exc)) from None
+        sha, size = uploaded.store(self.backend, "models", uploads.checked_safetensors(chunks, spec.size_bytes),
+                                   spec.sha256, spec.size_bytes, self.backend.settings.max_model_bytes)
         record = {"name": f"models/{model_id}", "display_name": spec.display_name, "architecture": spec.architecture,
                   "num_classes": spec.num_classes, "class_names": list(spec.class_names),
                   "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
                   "weights_sha256": sha, "size_bytes": size, "request_id": header.request_id}
-        try:
+        with uploaded.registering(self.backend, "models", model_id, sha):
             layers = self._validate(record)
             record, _ = self.backend.catalog.create("models", model_id, {**record, **layers},
                                                     request_id=header.request_id)
-        except AlreadyExists:
-            self.backend.forget_artifact("weights", sha)
-            raise errors.already_exists("model", f"models/{model_id}") from None
-        except BaseException:
-            self.backend.forget_artifact("weights", sha)
-            raise
         return resources.model_message(record)
 
     @errors.handle_errors
     def GetModel(self, request, context):
-        return resources.model_message(self._record(names.model("name", request.name), request.name))
+        return resources.model_message(uploaded.get(self.backend, "models", names.model("name", request.name),
+                                                    request.name))
 
     @errors.handle_errors
     def ListModels(self, request, context):
@@ -70,18 +52,12 @@ class ModelServicer(model_grpc.ModelServiceServicer):
 
     @errors.handle_errors
     def DeleteModel(self, request, context):
-        model_id = names.model("name", request.name)
-        record = self._record(model_id, request.name)
-        running = self.backend.in_use("models", model_id)
-        if running:
-            raise errors.failed_precondition(request.name, f"in use by running operations: {', '.join(running)}")
-        self.backend.catalog.delete("models", model_id)
-        self.backend.forget_artifact("weights", record["weights_sha256"])
+        uploaded.delete(self.backend, "models", names.model("name", request.name), request.name)
         return empty_pb2.Empty()
 
     @errors.handle_errors
     def ListLayers(self, request, context):
-        record = self._record(names.model("parent", request.parent), request.parent)
+        record = uploaded.get(self.backend, "models", names.model("parent", request.parent), request.parent)
         response = model_pb.ListLayersResponse(default_layers=record["default_layers"])
         for layer in record["layers"]:
             message = json_format.ParseDict(layer, response.layers.add(), ignore_unknown_fields=True)
@@ -94,12 +70,6 @@ class ModelServicer(model_grpc.ModelServiceServicer):
             architectures=[model_pb.Architecture(name=n) for n in self.backend.catalog.architectures()])
 
     # ------------------------------------------------------------------ helpers
-    def _record(self, model_id: str, name: str) -> dict:
-        try:
-            return self.backend.catalog.get("models", model_id)
-        except KeyError:
-            raise errors.not_found("model", name) from None
-
     def _check_header(self, header) -> None:
         spec, problems = header.model, {}
         known = self.backend.catalog.architectures()
@@ -116,7 +86,7 @@ class ModelServicer(model_grpc.ModelServiceServicer):
             values = list(getattr(spec, field))
             if len(values) != 3 or (field == "std" and min(values) <= 0):
                 problems[f"header.model.{field}"] = "needs 3 values (RGB)" + (", all positive" if field == "std" else "")
-        if not _SHA256.fullmatch(spec.sha256):
+        if not uploaded.SHA256.fullmatch(spec.sha256):
             problems["header.model.sha256"] = "must be 64 lowercase hex digits"
         if spec.size_bytes < 1:
             problems["header.model.size_bytes"] = "must be the positive size of the weights file"
