@@ -1,4 +1,6 @@
-"""Helpers for the API tests: a real server on loopback, a real in-process worker, uploads of real artifacts."""
+"""Helpers for the API tests: a real server on loopback, a real in-process worker, uploads of real artifacts.
+
+The fixtures ``store``, ``server`` and ``worker`` are used by importing them into a test module."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +10,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_status import rpc_status
 
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
@@ -44,6 +47,41 @@ def start_worker(redis_url: str, store: str, name: str = "test-worker") -> tuple
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     return thread, stop
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    """The artifact store of one test, under its ``tmp_path``."""
+    return f"file://{tmp_path}/store"
+
+
+@pytest.fixture
+def server(redis_client, redis_url, store):
+    server = start_server(redis_url, store)
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture
+def worker(redis_client, redis_url, store):
+    thread, stop = start_worker(redis_url, store)
+    yield
+    stop.set()
+    thread.join(10)
+
+
+def stored_files(tmp_path, kind: str) -> list[str]:
+    """The objects of ``kind`` (``"weights"``, ``"datasets"``) in the ``store`` of a test."""
+    folder = tmp_path / "store" / kind
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def refused(call, code: grpc.StatusCode) -> grpc.RpcError:
+    """The error of ``call()``, which must fail with ``code``."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert info.value.code() == code, info.value.details()
+    return info.value
 
 
 def channel(server: GigauditServer) -> grpc.Channel:

@@ -34,11 +34,6 @@ def datasets(server):
         yield dataset_grpc.DatasetServiceStub(channel)
 
 
-def stored(tmp_path) -> list[str]:
-    folder = tmp_path / "store" / "datasets"
-    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
 def zip_with(name: str, data: bytes) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -55,13 +50,6 @@ def _png(side: int) -> bytes:
     return out.getvalue()
 
 
-def refused(call, code) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    assert info.value.code() == code, info.value.details()
-    return info.value
-
-
 def test_upload_describes_the_archive_and_retries_are_idempotent(datasets, tmp_path):
     data = h.parts_tar(12)
     dataset = datasets.UploadDataset(h.dataset_requests("parts", data, request_id="r-1"))
@@ -70,11 +58,11 @@ def test_upload_describes_the_archive_and_retries_are_idempotent(datasets, tmp_p
     assert list(dataset.class_names) == sorted({f"class{i}" for i in range(6)})
     assert dataset.sha256 == hashlib.sha256(data).hexdigest()
     assert datasets.UploadDataset(h.dataset_requests("parts", data, request_id="r-1")) == dataset
-    refused(lambda: datasets.UploadDataset(h.dataset_requests("parts", data)), grpc.StatusCode.ALREADY_EXISTS)
+    h.refused(lambda: datasets.UploadDataset(h.dataset_requests("parts", data)), grpc.StatusCode.ALREADY_EXISTS)
     assert datasets.GetDataset(dataset_pb.GetDatasetRequest(name="datasets/parts")) == dataset
     assert [d.name for d in datasets.ListDatasets(dataset_pb.ListDatasetsRequest()).datasets] == ["datasets/parts"]
     datasets.DeleteDataset(dataset_pb.DeleteDatasetRequest(name="datasets/parts"))
-    assert stored(tmp_path) == []
+    assert h.stored_files(tmp_path, "datasets") == []
 
 
 @pytest.mark.parametrize("name, data, message", [
@@ -85,26 +73,26 @@ def test_upload_describes_the_archive_and_retries_are_idempotent(datasets, tmp_p
 ], ids=["dotdot", "pixel-bomb", "zip-bomb", "corrupt"])
 def test_unsafe_archives_are_refused_naming_the_member_and_nothing_is_kept(datasets, tmp_path, name, data, message):
     before = datasets.UploadDataset(h.dataset_requests("kept", h.parts_tar(6)))
-    error = refused(lambda: datasets.UploadDataset(h.dataset_requests("bad", zip_with(name, data))),
+    error = h.refused(lambda: datasets.UploadDataset(h.dataset_requests("bad", zip_with(name, data))),
                     grpc.StatusCode.INVALID_ARGUMENT)
     assert message in error.details() and name.split("/")[-1] in error.details()
-    assert stored(tmp_path) == [before.sha256], "only the earlier dataset remains"
+    assert h.stored_files(tmp_path, "datasets") == [before.sha256], "only the earlier dataset remains"
     assert datasets.GetDataset(dataset_pb.GetDatasetRequest(name="datasets/kept")) == before
-    refused(lambda: datasets.GetDataset(dataset_pb.GetDatasetRequest(name="datasets/bad")), grpc.StatusCode.NOT_FOUND)
+    h.refused(lambda: datasets.GetDataset(dataset_pb.GetDatasetRequest(name="datasets/bad")), grpc.StatusCode.NOT_FOUND)
 
 
 def test_truncated_or_mislabelled_uploads_are_refused(datasets, tmp_path):
     data = h.parts_tar(6)
-    error = refused(lambda: datasets.UploadDataset(h.dataset_requests("cut", data[:-700], size_bytes=len(data),
+    error = h.refused(lambda: datasets.UploadDataset(h.dataset_requests("cut", data[:-700], size_bytes=len(data),
                                                                       sha256="0" * 64)),
                     grpc.StatusCode.INVALID_ARGUMENT)
     assert "truncated" in error.details()
-    refused(lambda: datasets.UploadDataset(h.dataset_requests("sha", data, sha256="1" * 64)),
+    h.refused(lambda: datasets.UploadDataset(h.dataset_requests("sha", data, sha256="1" * 64)),
             grpc.StatusCode.INVALID_ARGUMENT)
-    error = refused(lambda: datasets.UploadDataset(h.dataset_requests("big", data, size_bytes=2**40)),
+    error = h.refused(lambda: datasets.UploadDataset(h.dataset_requests("big", data, size_bytes=2**40)),
                     grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert h.details_of(error)["QuotaFailure"].violations[0].subject == "header.dataset.size_bytes"
-    assert stored(tmp_path) == []
+    assert h.stored_files(tmp_path, "datasets") == []
 
 
 def test_register_reads_only_allow_listed_locations(datasets, source_dir, tmp_path):
@@ -116,9 +104,9 @@ def test_register_reads_only_allow_listed_locations(datasets, source_dir, tmp_pa
     assert dataset.image_count == 6 and dataset.uri.endswith("parts.tar")
     assert dataset.sha256 == hashlib.sha256(data).hexdigest()
     for uri in (f"file://{tmp_path}/secret.tar", f"file://{source_dir}/../secret.tar"):
-        refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
+        h.refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
             dataset_id="other", dataset=dataset_pb.Dataset(uri=uri))), grpc.StatusCode.PERMISSION_DENIED)
-    refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
+    h.refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
         dataset_id="missing", dataset=dataset_pb.Dataset(uri=f"file://{source_dir}/none.tar"))),
         grpc.StatusCode.NOT_FOUND)
 
@@ -128,6 +116,6 @@ def test_image_count_limit(datasets):
     with tarfile.open(fileobj=out, mode="w") as tar:
         for i in range(51):
             h.add_member(tar, f"{i:03d}.png", _png(4))
-    error = refused(lambda: datasets.UploadDataset(h.dataset_requests("many", out.getvalue())),
+    error = h.refused(lambda: datasets.UploadDataset(h.dataset_requests("many", out.getvalue())),
                     grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert "50" in error.details()

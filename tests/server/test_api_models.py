@@ -11,46 +11,15 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 import api_harness as h
+from api_harness import server, store, worker  # noqa: F401 (fixtures)
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
-
-
-@pytest.fixture
-def store(tmp_path) -> str:
-    return f"file://{tmp_path}/store"
-
-
-@pytest.fixture
-def server(redis_client, redis_url, store):
-    server = h.start_server(redis_url, store)
-    yield server
-    server.stop(0)
-
-
-@pytest.fixture
-def worker(redis_client, redis_url, store):
-    thread, stop = h.start_worker(redis_url, store)
-    yield
-    stop.set()
-    thread.join(10)
 
 
 @pytest.fixture
 def models(server):
     with h.channel(server) as channel:
         yield model_grpc.ModelServiceStub(channel)
-
-
-def stored_weights(tmp_path) -> list[str]:
-    return sorted(p.name for p in (tmp_path / "store" / "weights").rglob("*") if p.is_file()) \
-        if (tmp_path / "store" / "weights").exists() else []
-
-
-def refused(call, code: grpc.StatusCode) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    assert info.value.code() == code, info.value.details()
-    return info.value
 
 
 def test_upload_registers_a_validated_model_and_lists_its_layers(models, worker):
@@ -71,7 +40,7 @@ def test_retried_upload_returns_the_original_and_another_request_is_refused(mode
     data = h.partsnet_bytes()
     first = models.UploadModel(h.model_requests("parts", data, request_id="r-1"))
     assert models.UploadModel(h.model_requests("parts", data, request_id="r-1")) == first
-    error = refused(lambda: models.UploadModel(h.model_requests("parts", data, request_id="r-2")),
+    error = h.refused(lambda: models.UploadModel(h.model_requests("parts", data, request_id="r-2")),
                     grpc.StatusCode.ALREADY_EXISTS)
     assert h.details_of(error)["ResourceInfo"].resource_name == "models/parts"
 
@@ -87,23 +56,23 @@ def test_code_carrying_or_foreign_formats_are_refused_before_storing(models, tmp
         assert zipfile.is_zipfile(io.BytesIO(data))
     else:
         data = b"\xff" * 64
-    error = refused(lambda: models.UploadModel(h.model_requests("bad", data)), grpc.StatusCode.INVALID_ARGUMENT)
+    error = h.refused(lambda: models.UploadModel(h.model_requests("bad", data)), grpc.StatusCode.INVALID_ARGUMENT)
     assert "safetensors" in error.details()
     assert {"pickle": "pickle", "torchscript": "zip"}.get(kind, "header") in error.details()
     assert h.details_of(error)["BadRequest"].field_violations[0].field == "chunk"
-    assert stored_weights(tmp_path) == []
-    refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/bad")), grpc.StatusCode.NOT_FOUND)
+    assert h.stored_files(tmp_path, "weights") == []
+    h.refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/bad")), grpc.StatusCode.NOT_FOUND)
 
 
 def test_truncated_upload_and_wrong_sha256_store_nothing(models, tmp_path):
     data = h.partsnet_bytes()
-    error = refused(lambda: models.UploadModel(h.model_requests("cut", data[:-100], size_bytes=len(data),
+    error = h.refused(lambda: models.UploadModel(h.model_requests("cut", data[:-100], size_bytes=len(data),
                                                                 sha256="0" * 64)), grpc.StatusCode.INVALID_ARGUMENT)
     assert "truncated" in error.details()
-    error = refused(lambda: models.UploadModel(h.model_requests("sha", data, sha256="ab" * 32)),
+    error = h.refused(lambda: models.UploadModel(h.model_requests("sha", data, sha256="ab" * 32)),
                     grpc.StatusCode.INVALID_ARGUMENT)
     assert "sha256 mismatch" in error.details()
-    assert stored_weights(tmp_path) == []
+    assert h.stored_files(tmp_path, "weights") == []
     assert not models.ListModels(model_pb.ListModelsRequest()).models
 
 
@@ -111,23 +80,23 @@ def test_weights_that_do_not_fit_the_architecture_are_refused_listing_the_keys(m
     from gig.synthetic import PartsNet
 
     data = save_safetensors({k: v.contiguous() for k, v in PartsNet(num_classes=4).state_dict().items()})
-    error = refused(lambda: models.UploadModel(h.model_requests("four", data, num_classes=6)),
+    error = h.refused(lambda: models.UploadModel(h.model_requests("four", data, num_classes=6)),
                     grpc.StatusCode.INVALID_ARGUMENT)
     assert "mis-shaped keys" in error.details() and "[4" in error.details(), error.details()
-    assert stored_weights(tmp_path) == [], "refused weights are removed again"
-    refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/four")), grpc.StatusCode.NOT_FOUND)
+    assert h.stored_files(tmp_path, "weights") == [], "refused weights are removed again"
+    h.refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/four")), grpc.StatusCode.NOT_FOUND)
 
 
 def test_bad_headers_name_each_field(models, worker):
-    error = refused(lambda: models.UploadModel(h.model_requests(
+    error = h.refused(lambda: models.UploadModel(h.model_requests(
         "Bad_Id", b"x", architecture="nonesuch", num_classes=0, input_size=0)), grpc.StatusCode.INVALID_ARGUMENT)
     assert [v.field for v in h.details_of(error)["BadRequest"].field_violations] == ["header.model_id"]
-    error = refused(lambda: models.UploadModel(h.model_requests("ok", b"x", architecture="nonesuch", num_classes=0)),
+    error = h.refused(lambda: models.UploadModel(h.model_requests("ok", b"x", architecture="nonesuch", num_classes=0)),
                     grpc.StatusCode.INVALID_ARGUMENT)
     fields = {v.field: v.description for v in h.details_of(error)["BadRequest"].field_violations}
     assert {"header.model.architecture", "header.model.num_classes"} <= set(fields)
     assert "resnet18" in fields["header.model.architecture"], "the valid architectures are listed"
-    refused(lambda: models.UploadModel(iter([model_pb.UploadModelRequest(chunk=b"x")])),
+    h.refused(lambda: models.UploadModel(iter([model_pb.UploadModelRequest(chunk=b"x")])),
             grpc.StatusCode.INVALID_ARGUMENT)
 
 
@@ -139,14 +108,14 @@ def test_list_pages_and_delete(models, worker, tmp_path):
     second = models.ListModels(model_pb.ListModelsRequest(page_size=2, page_token=first.next_page_token))
     assert [m.name for m in (*first.models, *second.models)] == ["models/a", "models/b", "models/c"]
     assert not second.next_page_token
-    refused(lambda: models.ListModels(model_pb.ListModelsRequest(page_token="nonsense")),
+    h.refused(lambda: models.ListModels(model_pb.ListModelsRequest(page_token="nonsense")),
             grpc.StatusCode.INVALID_ARGUMENT)
     models.DeleteModel(model_pb.DeleteModelRequest(name="models/a"))
-    assert len(stored_weights(tmp_path)) == 1, "weights shared with other models stay"
+    assert len(h.stored_files(tmp_path, "weights")) == 1, "weights shared with other models stay"
     models.DeleteModel(model_pb.DeleteModelRequest(name="models/b"))
     models.DeleteModel(model_pb.DeleteModelRequest(name="models/c"))
-    assert stored_weights(tmp_path) == []
-    refused(lambda: models.DeleteModel(model_pb.DeleteModelRequest(name="models/a")), grpc.StatusCode.NOT_FOUND)
+    assert h.stored_files(tmp_path, "weights") == []
+    h.refused(lambda: models.DeleteModel(model_pb.DeleteModelRequest(name="models/a")), grpc.StatusCode.NOT_FOUND)
 
 
 def test_messages_over_the_configured_limit_are_refused(redis_client, redis_url, store):
@@ -155,7 +124,7 @@ def test_messages_over_the_configured_limit_are_refused(redis_client, redis_url,
         with h.channel(server) as channel:
             header, *_ = h.model_requests("big", b"x")
             big = iter([header, model_pb.UploadModelRequest(chunk=bytes(256 * 1024))])
-            refused(lambda: model_grpc.ModelServiceStub(channel).UploadModel(big),
+            h.refused(lambda: model_grpc.ModelServiceStub(channel).UploadModel(big),
                     grpc.StatusCode.RESOURCE_EXHAUSTED)
     finally:
         server.stop(0)

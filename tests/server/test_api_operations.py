@@ -13,31 +13,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import api_harness as h
+from api_harness import server, store, worker  # noqa: F401 (fixtures)
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
 from gigaudit.v1 import probe_service_pb2 as probe_pb
 from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
-
-
-@pytest.fixture
-def store(tmp_path) -> str:
-    return f"file://{tmp_path}/store"
-
-
-@pytest.fixture
-def server(redis_client, redis_url, store):
-    server = h.start_server(redis_url, store)
-    yield server
-    server.stop(0)
-
-
-@pytest.fixture
-def worker(redis_client, redis_url, store):
-    thread, stop = h.start_worker(redis_url, store)
-    yield
-    stop.set()
-    thread.join(10)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import api_harness as h
+from api_harness import store  # noqa: F401 (fixture)
 from gigaudit import AuditClient
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
@@ -37,11 +38,6 @@ def tokens_file(tmp_path):
                     f"alice auditor {auth.hash_token(AUDITOR)}  # the audit team\n"
                     f"bob auditor {auth.hash_token(OTHER_AUDITOR)}\n")
     return str(path)
-
-
-@pytest.fixture
-def store(tmp_path) -> str:
-    return f"file://{tmp_path}/store"
 
 
 @pytest.fixture
