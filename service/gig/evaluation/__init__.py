@@ -13,6 +13,8 @@ Result (JSON-able; sections only for the metrics asked for)::
     deletion:       {"a->b": {"readout", "orders": {name: {"deletion_auc", "insertion_auc", "deletion_curve",
                               "insertion_curve"}}, "gig_beats": {name: {"deletion", "insertion"}}, "n_rows",
                               "n_points"}}
+    target_deletion: the same, following GIG's own target ``g`` (masked projection sum, or the logit) instead of
+                    the paper's maximum projection / class probability: the direct test of the attribution
     fidelity:       {"a->b": {"mu_fidelity", "n_rows", "n_subsets", "fraction"}}
     stability:      {"noise": {"top_k_overlap", "rank_correlation", "top_k", "n_edges", "noise_std"},
                      "seeds": {"layer": {"mean_cosine", "min_cosine", "matched"}} or {"skipped": reason}}
@@ -41,8 +43,8 @@ from gig.evaluation.stability import concept_stability, noise_stability
 from gig.layers import LOGITS
 from gig.quadrature import DEFAULT, check_method
 
-METRICS = ("completeness", "reconstruction", "deletion", "fidelity", "stability", "sanity")
-DEFAULT_METRICS = ("completeness", "reconstruction", "deletion", "fidelity")
+METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity", "stability", "sanity")
+DEFAULT_METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity")
 
 
 def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_METRICS, steps=16, max_images=16,
@@ -84,12 +86,12 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
                 results[metric] = completeness(model, batch, pairs, steps, versus_steps, top_t, method, max_batch_rows)
             elif metric == "reconstruction":
                 results[metric] = reconstruction(model, batch)
-            elif metric in ("deletion", "fidelity"):
+            elif metric in ("deletion", "target_deletion", "fidelity"):
                 results[metric] = {}
                 for source, target in pairs:
                     problem = pair_problem(model, batch, source, target, targets_per_image, steps, method,
-                                           max_batch_rows)
-                    if metric == "deletion":
+                                           max_batch_rows, readout="target" if metric == "target_deletion" else None)
+                    if metric != "fidelity":
                         results[metric][f"{source}->{target}"] = {
                             "readout": problem.readout, **deletion_insertion(problem, orders, n_points, seed)}
                     else:

@@ -23,7 +23,7 @@ from gig.layers import LOGITS, traced
 from gig.pfv import from_pfvs, to_pfvs
 from gig.quadrature import DEFAULT
 
-READOUTS = ("projection", "probability")
+READOUTS = ("projection", "probability", "target")
 # Default chunk: about this many elements of coefficients, segment input and output per chunk of rows.
 ROW_BUDGET_ELEMENTS = 2**24
 
@@ -68,7 +68,7 @@ class PairProblem:
     vectors: torch.Tensor  # (K, C) concepts of a
     like_shape: tuple  # shape of X^a
     target_weights: torch.Tensor  # (B, *out): g = <W, F(X̂)>
-    readout: str  # "projection" (on target_vectors) or "probability" (of target_classes)
+    readout: str  # "projection" (on target_vectors), "probability" (of target_classes) or "target" (g itself)
     target_vectors: torch.Tensor | None = None  # (B, C_b) unit concept vectors of the targets
     target_classes: torch.Tensor | None = None  # (B,) classes
     steps: int = 16
@@ -119,8 +119,9 @@ class PairProblem:
                 index, kept = rows[first:first + chunk], keep[first:first + chunk]
                 pfvs = (self.coefficients[index] * kept.unsqueeze(1).to(self.coefficients.dtype)) @ self.vectors
                 out = self.segment(from_pfvs(pfvs, (index.shape[0], *self.like_shape[1:])))
-                targets.append((out * self.target_weights[index]).flatten(1).sum(1))
-                readouts.append(self._readout(out, index))
+                target = (out * self.target_weights[index]).flatten(1).sum(1)
+                targets.append(target)
+                readouts.append(target if self.readout == "target" else self._readout(out, index))
         return torch.cat(readouts), torch.cat(targets)
 
     def full_values(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,18 +144,24 @@ class PairProblem:
 
 
 def pair_problem(model: nn.Module, batch: AnalysedBatch, source: str, target: str, targets_per_image: int = 1,
-                 steps: int = 16, method: str = DEFAULT, max_batch_rows: int | None = None) -> PairProblem:
+                 steps: int = 16, method: str = DEFAULT, max_batch_rows: int | None = None,
+                 readout: str | None = None) -> PairProblem:
     """The :class:`PairProblem` of ``source → target`` (an analysed layer or ``"logits"``).
 
     Targets: each image's top ``targets_per_image`` concepts of ``target`` by total coefficient (rows repeat the
-    image once per target), or at the logits the image's label, else its predicted class.
+    image once per target), or at the logits the image's label, else its predicted class. ``readout``: what the
+    deletion curves follow; default the paper's (``"projection"`` between layers, ``"probability"`` at the
+    logits); ``"target"``: the target function ``g`` that GIG attributes (masked projection sum, or the logit).
     """
+    if readout is not None and readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; valid readouts are: {', '.join(READOUTS)}")
     coefficients = batch.coefficients[source]
     segment = traced(model).segment(source, target)
     like_shape = batch.activations[source].shape
     if target == LOGITS:
         classes, weights = class_targets(batch.logits, targets=batch.classes.unsqueeze(1))
-        return PairProblem(segment, coefficients, batch.vectors[source], like_shape, weights[:, 0], "probability",
+        return PairProblem(segment, coefficients, batch.vectors[source], like_shape, weights[:, 0],
+                           readout or "probability",
                            target_classes=classes[:, 0], steps=steps, method=method, max_batch_rows=max_batch_rows)
     target_vectors = batch.vectors[target]
     chosen, weights = concept_targets(batch.coefficients[target], target_vectors, batch.activations[target].shape,
@@ -162,5 +169,5 @@ def pair_problem(model: nn.Module, batch: AnalysedBatch, source: str, target: st
     rows = torch.arange(coefficients.shape[0], device=coefficients.device).repeat_interleave(chosen.shape[1])
     units = target_vectors / target_vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(target_vectors.dtype).tiny)
     return PairProblem(segment, coefficients[rows], batch.vectors[source], (rows.shape[0], *like_shape[1:]),
-                       weights.flatten(0, 1), "projection", target_vectors=units[chosen.flatten()], steps=steps,
+                       weights.flatten(0, 1), readout or "projection", target_vectors=units[chosen.flatten()], steps=steps,
                        method=method, max_batch_rows=max_batch_rows)
