@@ -27,10 +27,17 @@ class CurveSet:
     fractions: list[float]
     curves: dict[str, list[float]]
     auc: dict[str, float]
+    section: str = "deletion"  # the evidence section: "deletion" (the paper's readout), "target_deletion", ...
 
     @property
     def better(self) -> str:
         return CURVE_KINDS[self.kind]
+
+    @property
+    def label(self) -> str:
+        """``kind[pair]``, prefixed by the section when it is not the paper's ``deletion``."""
+        name = f"{self.kind}[{self.pair}]"
+        return name if self.section == "deletion" else f"{self.section}: {name}"
 
     def beats_baselines(self, margin: float = 0.0) -> tuple[bool, str | None]:
         """Whether the method's AUC beats every baseline by `margin`; and the best baseline's name."""
@@ -90,7 +97,7 @@ def curve_sets(evidence: dict[str, Any]) -> list[CurveSet]:
                 if curves:
                     n = len(next(iter(curves.values())))
                     fractions = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
-                    out.append(CurveSet(kind, pair, fractions, curves, auc))
+                    out.append(CurveSet(kind, pair, fractions, curves, auc, section))
     return out
 
 

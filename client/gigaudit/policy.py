@@ -178,7 +178,7 @@ def _evidence_checks(p: EvidencePolicy, evidence: dict) -> list[Check]:
             ok, best = s.beats_baselines(p.auc_margin)
             detail = (f"{ev.METHOD} AUC {s.auc.get(ev.METHOD, float('nan')):.4g} vs best baseline {best} "
                       f"{s.auc[best]:.4g} ({s.better} is better)") if best else "no baselines or no gig curve"
-            checks.append(Check(f"{s.kind}[{s.pair}]", ok, s.auc.get(ev.METHOD), s.auc.get(best), detail))
+            checks.append(Check(s.label, ok, s.auc.get(ev.METHOD), s.auc.get(best), detail))
     return checks
 
 

@@ -58,7 +58,7 @@ def test_baselines_must_be_beaten(graph):
     gig["deletion_auc"] = 0.45  # between abs_coefficient (0.41) and random (0.5)
     result = evaluate_policy({"evidence": {"beats_baselines": True}}, worse)
     failed = result.failures
-    assert [c.name for c in failed] == ["deletion[features.0->features.1]"]
+    assert [c.name for c in failed] == ["deletion_insertion: deletion[features.0->features.1]"]
     assert failed[0].value == pytest.approx(0.45) and "abs_coefficient" in failed[0].detail
     margin = evaluate_policy({"evidence": {"beats_baselines": True, "auc_margin": 0.3}}, graph)
     assert not margin.passed and len(margin.failures) == 4  # every AUC beats its best baseline by less than 0.3

@@ -166,7 +166,7 @@ def _evidence_section(evidence: dict) -> str:
     if curve_sets:
         parts.append("<h3>Deletion and insertion against baselines</h3><div class=charts>")
         for s in curve_sets:
-            parts.append('<figure>' + charts.line_chart(f"{s.kind}: {s.pair}", s.fractions, s.curves,
+            parts.append('<figure>' + charts.line_chart(s.label, s.fractions, s.curves,
                                                         x_label="fraction of concepts", highlight=ev.METHOD))
             parts.append(_table(["order", f"AUC ({s.better} is better)"],
                                 [[k, _fmt(v)] for k, v in sorted(s.auc.items(), key=lambda kv: kv[1])]))
