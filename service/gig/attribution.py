@@ -90,6 +90,18 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
     return attributions.detach(), _target_difference(segment, start, target_weights, rows)
 
 
+def integrate_to_tolerance(segment, coefficients, vectors, like_shape, target_weights, steps=16, tolerance=None,
+                           method=DEFAULT, path="reconstruction", activation=None, max_batch_rows=None):
+    """:func:`integrate`, doubling ``steps`` (up to 512) until the dataset-level completeness error is at most
+    ``tolerance`` (``None``: once). Returns ``(attributions, target_difference, steps used)``."""
+    while True:
+        attributions, difference = integrate(segment, coefficients, vectors, like_shape, target_weights, steps,
+                                             method, path, activation=activation, max_batch_rows=max_batch_rows)
+        if tolerance is None or steps >= AUTO_MAX_STEPS or dataset_delta(attributions, difference) <= tolerance:
+            return attributions, difference, steps
+        steps = min(2 * steps, AUTO_MAX_STEPS)
+
+
 def _chunk_rows(max_batch_rows, like_shape, target_weights) -> int:
     if max_batch_rows is None:
         per_row = math.prod(like_shape[1:]) + math.prod(target_weights.shape[2:])
@@ -176,7 +188,7 @@ def attribute(model, images, concepts, source, target, targets=None, top_t=5, st
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
     if mask not in MASKS:
         raise ValueError(f"unknown mask {mask!r}; valid masks are: {', '.join(MASKS)}")
-    steps, tolerance = _check_steps(steps, tolerance)
+    steps, tolerance = check_steps(steps, tolerance)
     t = traced(model)
     source, target = _check_pair(t, source, target)
     parameter = next(iter(model.parameters()), None)
@@ -196,14 +208,10 @@ def attribute(model, images, concepts, source, target, targets=None, top_t=5, st
         chosen, weights = concept_targets(target_coefficients, target_vectors, acts[target].shape, targets=targets,
                                           top_t=top_t, mask=mask)
 
-    segment = t.segment(source, target)
     with eval_mode(model):
-        while True:
-            attributions, difference = integrate(segment, coefficients, vectors, source_act.shape, weights, steps,
-                                                 method, path, activation=source_act, max_batch_rows=max_batch_rows)
-            if tolerance is None or steps >= AUTO_MAX_STEPS or dataset_delta(attributions, difference) <= tolerance:
-                break
-            steps = min(2 * steps, AUTO_MAX_STEPS)
+        attributions, difference, steps = integrate_to_tolerance(
+            t.segment(source, target), coefficients, vectors, source_act.shape, weights, steps, tolerance, method,
+            path, activation=source_act, max_batch_rows=max_batch_rows)
     delta = completeness_delta(attributions, difference) if return_delta else None
     return Attribution(attributions, chosen, delta, difference, steps)
 
@@ -218,7 +226,8 @@ def _decompose(concepts, layer, activation):
     return coefficients, vectors
 
 
-def _check_steps(steps, tolerance):
+def check_steps(steps, tolerance):
+    """``(start steps, tolerance or None)`` from ``steps`` (a positive int or ``"auto"``) and ``tolerance``."""
     if steps == "auto":
         return AUTO_START_STEPS, AUTO_TOLERANCE if tolerance is None else _check_tolerance(tolerance)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from gig.attribution import PATHS, class_targets, completeness_delta, concept_targets, integrate
+from gig.attribution import PATHS, check_steps, class_targets, completeness_delta, concept_targets, \
+    integrate_to_tolerance
 from gig.data import eval_mode, iter_batches
 from gig.graph import ConceptGraph, completeness_entry, merge_evidence, reconstruction_entry
 from gig.layers import LOGITS, traced
@@ -19,13 +20,15 @@ from gig.quadrature import DEFAULT, check_method
 
 
 def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DEFAULT, path="reconstruction",
-                max_batch_rows=None, device=None, progress=None, class_names=None, start_index=0) -> ConceptGraph:
+                max_batch_rows=None, device=None, progress=None, class_names=None, start_index=0,
+                tolerance=None) -> ConceptGraph:
     """The concept graph of ``model`` over ``data`` (images or ``(images, labels)`` batches).
 
     ``concepts``: a :class:`gig.ConceptSet` covering ``layers`` (default: all of its layers). Targets per image:
     its ``top_t`` concepts of the next layer (at most that layer's ``K``) and, at the logits, its label when the
     data has labels, else its predicted class — that class is also the image's class for class-conditional views.
-    ``steps``/``method``: the quadrature; ``path``: ``"reconstruction"`` (paper) or ``"activation"`` (adds a
+    ``steps``/``method``: the quadrature; ``steps="auto"`` (or a ``tolerance``) doubles the steps of each pair and
+    batch from 16 (or ``steps``) until its completeness error is at most ``tolerance`` (default 1e-2); ``path``: ``"reconstruction"`` (paper) or ``"activation"`` (adds a
     residual node per layer). ``start_index``: dataset index of the first image, so shards report global image
     ids. ``progress("graph", images_done, total_or_None)`` after every batch.
     """
@@ -34,9 +37,9 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
     check_method(method)
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
-    for name, value in (("steps", steps), ("top_t", top_t)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    start_steps, tolerance = check_steps(steps, tolerance)
+    if isinstance(top_t, bool) or not isinstance(top_t, int) or top_t < 1:
+        raise ValueError(f"top_t must be a positive integer, not {top_t!r}")
     if isinstance(start_index, bool) or not isinstance(start_index, int) or start_index < 0:
         raise ValueError(f"start_index must be a non-negative integer, not {start_index!r}")
     device = _check_device(model, device)
@@ -72,12 +75,12 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
                     k_target = concepts.layers[target].n_concepts
                     chosen, weights = concept_targets(coefficients[target], _vectors(concepts, target, logits),
                                                       outputs[target].shape, top_t=min(top_t, k_target))
-                attributions, difference = integrate(
+                attributions, difference, used = integrate_to_tolerance(
                     t.segment(source, target), coefficients[source], _vectors(concepts, source, logits),
-                    outputs[source].shape, weights, steps, method, path, activation=outputs[source],
+                    outputs[source].shape, weights, start_steps, tolerance, method, path, activation=outputs[source],
                     max_batch_rows=max_batch_rows)
                 graph.add_attributions(source, target, attributions, chosen, classes)
-                completeness[f"{source}->{target}"] = _completeness(attributions, difference, steps)
+                completeness[f"{source}->{target}"] = _completeness(attributions, difference, used)
             evidence = merge_evidence(evidence, {"completeness": completeness, "reconstruction": reconstruction})
             graph.add_images(logits.shape[0])
             report("graph", graph.n_images, total)

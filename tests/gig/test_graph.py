@@ -96,6 +96,13 @@ def test_completeness_and_reconstruction_evidence(graph):
         assert 0 < entry["relative_error"] < 1 and 0 < entry["l0"] <= 1
 
 
+def test_auto_steps_raise_the_steps_until_the_delta_meets_the_tolerance(setup, graph):
+    fixed = graph.evidence["completeness"]["features.2->features.3"]
+    tolerance = fixed["dataset_delta"] / 4  # stricter than 8 steps achieve
+    auto = build(setup, steps="auto", tolerance=tolerance).evidence["completeness"]["features.2->features.3"]
+    assert auto["steps"] > 16 and auto["dataset_delta"] <= tolerance < fixed["dataset_delta"]
+
+
 def test_shares_sum_to_one_in_absolute_value_per_target(graph):
     totals = {}
     for e in graph.edges():
@@ -231,6 +238,8 @@ def test_to_networkx(graph):
     ({"path": "straight"}, "valid paths are: reconstruction, activation"),
     ({"method": "simpson"}, "gausslegendre"),
     ({"steps": 0}, "steps must be a positive integer"),
+    ({"steps": "many"}, "steps must be a positive integer or 'auto'"),
+    ({"steps": "auto", "tolerance": 0}, "tolerance must be a positive number"),
     ({"top_t": 0}, "top_t must be a positive integer"),
     ({"start_index": -1}, "start_index"),
     ({"class_names": ["a", "b"]}, "2 class names given for 6 classes"),
