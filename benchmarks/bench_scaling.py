@@ -12,23 +12,19 @@ loading), the timed job runs from submit to the reduced graph. Prints JSON: seco
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
 
-import numpy as np
 import redis
 import torch
-from PIL import Image
 
 import gig
-from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset
+from gig.synthetic import ASSETS, make_parts_dataset, parts_archive
 from gigaudit_server import keys
 from gigaudit_server.jobs import JobQueue, JobState
 from gigaudit_server.models import ModelCache
@@ -36,17 +32,7 @@ from gigaudit_server.storage import ArtifactStore
 
 
 def dataset_tar(n: int, size: int, seed: int) -> bytes:
-    images, labels, _ = make_parts_dataset(n, size=size, seed=seed)
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for i, (image, label) in enumerate(zip(images, labels)):
-            png = io.BytesIO()
-            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(png, "PNG")
-            member = tarfile.TarInfo(f"{CLASS_NAMES[label]}/{i:05d}.png")
-            member.size = png.tell()
-            png.seek(0)
-            tar.addfile(member, png)
-    return out.getvalue()
+    return parts_archive(n, size, seed)
 
 
 def prepare(store: ArtifactStore, args) -> dict:

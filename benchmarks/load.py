@@ -11,7 +11,6 @@ worker kills, and latency percentiles of the control-plane calls (Audit, GetOper
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -20,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -248,21 +246,9 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
 
 def parts_tar(n: int) -> bytes:
     """An ImageFolder tar of ``n`` 32x32 PNGs of planted parts (gig.synthetic), one folder per class."""
-    from PIL import Image
+    from gig.synthetic import CLASS_NAMES, parts_archive
 
-    from gig.synthetic import make_parts_dataset
-
-    images, labels, _ = make_parts_dataset(n, size=32, seed=0)
-    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for i, (picture, label) in enumerate(zip(pixels, labels.tolist())):
-            png = io.BytesIO()
-            Image.fromarray(picture).save(png, format="PNG")
-            info = tarfile.TarInfo(f"class{label}/{i:04d}.png")
-            info.size = png.tell()
-            tar.addfile(info, io.BytesIO(png.getvalue()))
-    return out.getvalue()
+    return parts_archive(n, 32, 0, [f"class{c}" for c in range(len(CLASS_NAMES))])
 
 
 if __name__ == "__main__":

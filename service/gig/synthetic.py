@@ -8,7 +8,9 @@ image, so tests can check that concepts land on the planted parts.
 """
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
 from pathlib import Path
 
@@ -104,6 +106,29 @@ def make_parts_dataset(n: int, size: int = 32, seed: int = 0):
             _draw_part(image, masks[i], part, cy, cx, size * rng.uniform(0.14, 0.18), rng)
         images[i] = np.clip(image, 0.0, 1.0)
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(masks)
+
+
+def parts_archive(n: int, size: int = 32, seed: int = 0, folder_names: list[str] | None = None) -> bytes:
+    """An ImageFolder-style tar of the ``n`` images of :func:`make_parts_dataset` as PNGs, ``<folder>/<i>.png``
+    in dataset order, the folder of each image named after its class (``folder_names[label]``, default
+    :data:`CLASS_NAMES`)."""
+    from PIL import Image
+
+    names = CLASS_NAMES if folder_names is None else list(folder_names)
+    if len(names) != len(CLASS_NAMES):
+        raise ValueError(f"need {len(CLASS_NAMES)} folder names, one per class, not {len(names)}")
+    images, labels, _ = make_parts_dataset(n, size=size, seed=seed)
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for i, (picture, label) in enumerate(zip(pixels, labels.tolist())):
+            png = io.BytesIO()
+            Image.fromarray(picture).save(png, format="PNG")
+            member = tarfile.TarInfo(f"{names[label]}/{i:05d}.png")
+            member.size = png.tell()
+            png.seek(0)
+            tar.addfile(member, png)
+    return out.getvalue()
 
 
 def part_coverage(part_masks: torch.Tensor, grid: int) -> torch.Tensor:

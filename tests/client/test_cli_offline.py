@@ -6,7 +6,7 @@ import tarfile
 
 import grpc
 import pytest
-from conftest import random_graph
+from graph_factory import random_graph
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from PIL import Image

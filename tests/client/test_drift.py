@@ -1,7 +1,7 @@
 import copy
 
 import pytest
-from conftest import random_graph
+from graph_factory import random_graph
 
 from gigaudit.drift import compare
 

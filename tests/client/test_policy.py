@@ -1,7 +1,7 @@
 import copy
 
 import pytest
-from conftest import full_evidence, make_graph
+from graph_factory import full_evidence, make_graph
 
 from gigaudit.policy import evaluate_policy, load_policy
 

@@ -5,7 +5,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import exemplars_for, full_evidence, random_graph
+from graph_factory import exemplars_for, full_evidence, random_graph
 from PIL import Image, ImageStat
 
 from gigaudit.policy import evaluate_policy

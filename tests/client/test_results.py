@@ -2,7 +2,7 @@ import json
 
 import networkx as nx
 import pytest
-from conftest import exemplars_for, make_graph, random_graph
+from graph_factory import exemplars_for, make_graph, random_graph
 from PIL import Image
 
 from gigaudit.results import ConceptGraph

@@ -11,17 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import gig
 from gig.concepts import ConceptSet
-from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset
+from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset, parts_archive
 from gigaudit_server import exemplars
 from gigaudit_server.datasets import inspect_archive, load_images
 from gigaudit_server.jobs import JobCancelled, JobQueue, JobState
@@ -46,16 +44,8 @@ def world(tmp_path_factory):
     model = {"name": "demo", "architecture": "partsnet", "num_classes": len(info["classes"]),
              "class_names": info["classes"], "input_size": info["size"], "mean": [0.5, 0.5, 0.5],
              "std": [0.25, 0.25, 0.25], "weights_sha256": weights}
-    pixels, labels, _ = make_parts_dataset(N_IMAGES, size=32, seed=11)
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for i, (image, label) in enumerate(zip(pixels, labels)):
-            png = io.BytesIO()
-            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(png, "PNG")
-            member = tarfile.TarInfo(f"{CLASS_NAMES[label]}/{i:03d}.png")
-            member.size = len(png.getvalue())
-            tar.addfile(member, io.BytesIO(png.getvalue()))
-    archive.seek(0)
+    _, labels, _ = make_parts_dataset(N_IMAGES, size=32, seed=11)
+    archive = io.BytesIO(parts_archive(N_IMAGES, size=32, seed=11))
     described = inspect_archive(archive)
     dataset = {"name": "parts", "sha256": store.put_bytes("datasets", archive.getvalue()), "format": "tar",
                "n_images": described.n_images, "class_names": described.class_names}
@@ -63,7 +53,7 @@ def world(tmp_path_factory):
     net = tasks.models.get(model)
     images, dataset_labels, names = load_images(f"{root}/store/datasets/{dataset['sha256'][:2]}/{dataset['sha256']}",
                                                 32, model["mean"], model["std"])
-    label_of = {f"{CLASS_NAMES[label]}/{i:03d}.png": int(label) for i, label in enumerate(labels)}
+    label_of = {f"{CLASS_NAMES[label]}/{i:05d}.png": int(label) for i, label in enumerate(labels)}
     model_labels = torch.tensor([label_of[name] for name in names])
     batches = [(images[i:i + BATCH], model_labels[i:i + BATCH]) for i in range(0, N_IMAGES, BATCH)]
     concepts = gig.extract_concepts(net, batches, LAYERS, **EXTRACT, n_exemplars=2)
