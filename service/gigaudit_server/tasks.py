@@ -20,7 +20,6 @@ import torch
 import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
-from gig.pfv import to_pfvs
 from gigaudit_server import exemplars
 from gigaudit_server.datasets import ArchiveImages
 from gigaudit_server.jobs import Job, JobContext
@@ -172,33 +171,13 @@ class Tasks:
 
     def _store_concepts(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> dict:
         """Store the concept set and its exemplar bundle; the result of an extraction."""
-        stats = self._decomposition_stats(model, concepts, data, progress)
+        stats = concepts.params["decomposition"]  # measured by extract_concepts' second pass
         bundle = self._render_exemplars(model, concepts, data, record, progress)
         return {
             "concept_set_sha": self.store.put_bytes("concepts", concepts.to_bytes()),
             "layers": {layer: {"n_concepts": lc.n_concepts, **stats[layer]} for layer, lc in concepts.layers.items()},
             "exemplars_sha": self.store.put_bytes("exemplars", bundle),
         }
-
-    def _decomposition_stats(self, model, concepts: ConceptSet, data: ArchiveImages, progress) -> dict:
-        """``relative_error`` ``‖X − X̂‖/‖X‖`` and ``l0`` of every layer over the whole dataset."""
-        layers = list(concepts.layers)
-        prefix = gig.traced(model).prefix(layers)
-        sums = {layer: torch.zeros(4, dtype=torch.float64) for layer in layers}  # error², norm², non-zeros, count
-        progress("statistics", 0, len(data))
-        for done, batch in enumerate(data, 1):
-            images = batch[0] if isinstance(batch, tuple) else batch
-            with torch.no_grad():
-                outputs = prefix(images.to(self.device))
-            for layer in layers:
-                pfvs = to_pfvs(outputs[layer])
-                coefficients = concepts.decompose(layer, pfvs)
-                error = pfvs - concepts.reconstruct(layer, coefficients)
-                sums[layer] += torch.tensor([error.double().square().sum(), pfvs.double().square().sum(),
-                                             (coefficients != 0).sum(), coefficients.numel()], dtype=torch.float64)
-            progress("statistics", done, len(data))
-        return {layer: {"relative_error": float(s[0].sqrt() / s[1].sqrt().clamp_min(1e-300)),
-                        "l0": float(s[2] / s[3].clamp_min(1))} for layer, s in sums.items()}
 
     def _render_exemplars(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> bytes:
         """PNG thumbnails (iERF crops) and iERF overlays of the top exemplars of the most frequent concepts."""

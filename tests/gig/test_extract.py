@@ -90,6 +90,16 @@ def test_deterministic_and_records_params(tmp_path):
     loaded = ConceptSet.load(tmp_path / "c")
     loaded.check_model(model, images[:1])
     assert loaded.layers["block1"].exemplars == a.layers["block1"].exemplars
+    # The second pass measures the decomposition of every PFV: the same figures as decomposition_stats.
+    from gig.layers import traced
+    from gig.pfv import to_pfvs
+    with torch.no_grad():
+        outputs = traced(model).prefix(list(a.layers))(images)
+    for layer in a.layers:
+        direct = a.decomposition_stats(layer, to_pfvs(outputs[layer]))
+        recorded = loaded.params["decomposition"][layer]
+        assert recorded["relative_error"] == pytest.approx(direct["relative_error"], rel=1e-5)
+        assert recorded["l0"] == pytest.approx(direct["l0"], rel=1e-6)
 
 
 def test_vit_tokens_are_pfvs():

@@ -31,6 +31,8 @@ def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_
     clipped to the number of distinct sampled PFVs. ``method``: a clustering name (:mod:`.clustering`);
     ``sampling``: ``"contribution"``, ``"uniform"`` or ``"norm"``; ``lam``/``nonneg``: the Lasso of the set;
     ``progress(stage, done, total)`` is called with stages ``"sample"``, ``"cluster"`` and ``"decompose"``.
+    The second pass also records, per layer, ``params["decomposition"][layer] = {"relative_error", "l0"}`` over
+    every PFV of ``data`` (``‖X − X̂‖/‖X‖`` and the fraction of non-zero coefficients).
     """
     layers = traced(model).check_layers(layers)
     check_method(method)
@@ -61,7 +63,7 @@ def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_
             "n_samples": {layer: s.shape[0] for layer, s in samples.items()},
         }
         result = ConceptSet(concepts, lam=lam, nonneg=nonneg, method=method, params=params)
-        _fill_statistics(model, data, result, n_images, n_exemplars, device, report)
+        result.params["decomposition"] = _fill_statistics(model, data, result, n_images, n_exemplars, device, report)
     return result
 
 
@@ -120,6 +122,19 @@ class _Accumulator:
         self.top_value = torch.full((k, n), -torch.inf, device=device)
         self.top_image = torch.zeros(k, n, dtype=torch.long, device=device)
         self.top_position = torch.zeros(k, n, dtype=torch.long, device=device)
+        self.error_sq = self.norm_sq = 0.0  # of the reconstruction, over every PFV
+        self.nonzero = self.coefficients = 0
+
+    def add_reconstruction(self, pfvs: torch.Tensor, coef: torch.Tensor, rebuilt: torch.Tensor) -> None:
+        """Accumulate ``‖X − X̂‖²``, ``‖X‖²`` and the non-zero count of one batch."""
+        self.error_sq += float((pfvs - rebuilt).double().square().sum())
+        self.norm_sq += float(pfvs.double().square().sum())
+        self.nonzero += int((coef != 0).sum())
+        self.coefficients += coef.numel()
+
+    def decomposition(self) -> dict[str, float]:
+        return {"relative_error": (self.error_sq / max(self.norm_sq, 1e-300)) ** 0.5,
+                "l0": self.nonzero / max(self.coefficients, 1)}
 
     def add(self, coef: torch.Tensor, first_image: int) -> None:
         """``coef`` ``(B, P, K)`` of images ``first_image, first_image + 1, …``."""
@@ -144,8 +159,9 @@ class _Accumulator:
         ]
 
 
-def _fill_statistics(model, data, concepts: ConceptSet, n_images, n_exemplars, device, report) -> None:
-    """Pass 2: decompose every PFV of every image and write each layer's statistics and exemplars."""
+def _fill_statistics(model, data, concepts: ConceptSet, n_images, n_exemplars, device, report) -> dict:
+    """Pass 2: decompose every PFV of every image and write each layer's statistics and exemplars; returns the
+    reconstruction error and ℓ0 of each layer."""
     layers = list(concepts.layers)
     prefix = traced(model).prefix(layers)
     stats = {layer: _Accumulator(concepts.layers[layer].n_concepts, n_exemplars, device) for layer in layers}
@@ -155,10 +171,14 @@ def _fill_statistics(model, data, concepts: ConceptSet, n_images, n_exemplars, d
         with torch.no_grad():
             outputs = prefix(batch.images)
         for layer in layers:
-            stats[layer].add(concepts.decompose(layer, to_pfvs(outputs[layer])), first)
+            pfvs = to_pfvs(outputs[layer])
+            coef = concepts.decompose(layer, pfvs)
+            stats[layer].add(coef, first)
+            stats[layer].add_reconstruction(pfvs, coef, concepts.reconstruct(layer, coef))
         first += batch.images.shape[0]
         report("decompose", done, total)
     if first != n_images:
         raise ValueError(f"data gave {n_images} images in the first pass but {first} in the second; it must not change")
     for layer in layers:
         stats[layer].write(concepts.layers[layer], n_images)
+    return {layer: stats[layer].decomposition() for layer in layers}
