@@ -10,5 +10,5 @@ mapfile -t CLASSES < <(python3 -c "from gig.synthetic import CLASS_NAMES; print(
 exec gigaudit audit \
   --model service/gig/assets/partsnet.safetensors --arch partsnet --num-classes 6 --class-names "${CLASSES[@]}" \
   --input-size 32 --mean 0 0 0 --std 1 1 1 \
-  --dataset out/demo-data --n-concepts 16 --steps 32 \
+  --dataset out/demo-data \
   --policy examples/policy.yaml --out out/report "$@"

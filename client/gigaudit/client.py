@@ -251,19 +251,62 @@ class AuditClient:
             if not token:
                 return ConceptGraph(convert.graph_to_dict(pages))
 
+    def get_concept_set(self, name: str) -> audit_pb.ConceptSet:
+        """The concept set `models/{m}/conceptSets/{c}`: per layer its statistics and the rendered concepts."""
+        return self._call(self.audits.GetConceptSet, audit_pb.GetConceptSetRequest(name=name))
+
     def get_exemplars(self, concept_set: str, node_id: str, max_exemplars: int = 0) -> list[Exemplar]:
-        """Exemplars (crop PNG, iERF PNG) of the concept `node_id` ("layer:index") of a concept set."""
-        layer, _, index = node_id.rpartition(":")
-        if not layer or not index.isdigit():
-            raise ValueError(f"a concept id is 'layer:index', got {node_id!r}")
+        """Exemplars (crop PNG, iERF PNG) of the concept `node_id` ("layer:index") of a concept set.
+
+        A concept the server has not rendered (see `render_exemplars`) has its exemplars' references (image,
+        position, coefficient) with empty PNGs (`png == b""`, `ierf_png is None`).
+        """
+        layer, index = _concept_id(node_id)
         response = self._call(self.audits.GetConceptExemplars, audit_pb.GetConceptExemplarsRequest(
-            concept_set=concept_set, layer=layer, concept=int(index), max_exemplars=max_exemplars))
+            concept_set=concept_set, layer=layer, concept=index, max_exemplars=max_exemplars))
         return convert.exemplars_to_list(node_id, response)
 
-    def graph_exemplars(self, graph: ConceptGraph, concept_set: str, max_exemplars: int = 6) -> dict:
-        """{node id: exemplars} for every concept node of `graph`."""
-        return {n["id"]: self.get_exemplars(concept_set, n["id"], max_exemplars)
-                for n in graph.data["nodes"] if n.get("kind", "concept") == "concept"}
+    def render_exemplars(self, concept_set: str, node_ids: Sequence[str], *, wait: bool = True,
+                         timeout: float | None = None, progress: bool = False, request_id: str | None = None):
+        """Have the server render the exemplar PNGs of concepts (`"layer:index"` ids); one operation per layer.
+
+        With `wait`, follows the operations and returns the updated `ConceptSet`; else returns the operations.
+        Concepts rendered already cost nothing.
+        """
+        by_layer: dict[str, set[int]] = {}
+        for node_id in node_ids:
+            layer, index = _concept_id(node_id)
+            by_layer.setdefault(layer, set()).add(index)
+        if not by_layer:
+            raise ValueError("name at least one concept to render")
+        request_id = request_id or _request_id()
+        ops = [self._call(self.audits.RenderExemplars, audit_pb.RenderExemplarsRequest(
+            concept_set=concept_set, layer=layer, concepts=sorted(indices), request_id=f"{request_id}-{layer}"))
+            for layer, indices in by_layer.items()]
+        if not wait:
+            return ops
+        for op in ops:
+            self.wait(op.name, timeout=timeout, progress=progress)
+        return self.get_concept_set(concept_set)
+
+    def graph_exemplars(self, graph: ConceptGraph, concept_set: str, max_exemplars: int = 6, *,
+                        nodes: Sequence[str] = ()) -> dict:
+        """{node id: exemplars with PNGs} for the concept nodes of `graph` that the server has rendered (after an
+        audit: the most relevant of every layer, the ones the report shows first), plus `nodes`, rendered on demand
+        first when they are not. Ready to pass to `write_report`."""
+        rendered = {(layer.layer, k) for layer in self.get_concept_set(concept_set).layers
+                    for k in layer.rendered_concepts}
+        missing = [n for n in nodes if _concept_id(n) not in rendered]
+        if missing:
+            rendered |= {(layer.layer, k) for layer in self.render_exemplars(concept_set, missing).layers
+                         for k in layer.rendered_concepts}
+        found = {}
+        for node in graph.data["nodes"]:
+            if node.get("kind", "concept") == "concept" and (node["layer"], node["index"]) in rendered:
+                shots = [e for e in self.get_exemplars(concept_set, node["id"], max_exemplars) if e.png]
+                if shots:
+                    found[node["id"]] = shots
+        return found
 
     # --- helpers -----------------------------------------------------------------------------
     def _upload(self, method, requests: Callable[[], Iterator]):
@@ -346,6 +389,14 @@ def _named(collection: str, name: str) -> str:
     if not name:
         raise ValueError(f"a {collection} name is required")
     return name if "/" in name else f"{collection}/{name}"
+
+
+def _concept_id(node_id: str) -> tuple[str, int]:
+    """`"layer:index"` → (layer, index)."""
+    layer, _, index = node_id.rpartition(":")
+    if not layer or not index.isdigit():
+        raise ValueError(f"a concept id is 'layer:index', got {node_id!r}")
+    return layer, int(index)
 
 
 def _request_id() -> str:

@@ -47,5 +47,6 @@ def graph_to_dict(pages: Iterable[audit_pb.ConceptGraph]) -> dict:
 
 
 def exemplars_to_list(node_id: str, response: audit_pb.GetConceptExemplarsResponse) -> list[Exemplar]:
+    """Exemplars of one concept; one that was not rendered has `png == b""` and `ierf_png is None`."""
     return [Exemplar(node_id, e.image, e.position, e.coefficient, e.thumbnail_png, e.ierf_png or None, e.image_name)
             for e in response.exemplars]

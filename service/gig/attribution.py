@@ -9,7 +9,11 @@ advance. Along the path ``X(α) = α · X̂`` (``"reconstruction"``, ``X̂ = U V
     Ḡ_p = Σ_s w_s ∇_{X[:, p]} g_t(F_{a→b}(X(α_s)))        GIG(q → t) = Σ_p U_{p,q} <v_q, Ḡ_p>
 
 and, on the activation path, a residual row ``Σ_p <X_p − X̂_p, Ḡ_p>``. Completeness: the rows sum to
-``g_t(F(X(1))) − g_t(F(X(0)))`` up to quadrature error, reported as the relative ``delta``.
+``g_t(F(X(1))) − g_t(F(X(0)))`` up to quadrature error, reported as the relative ``delta``. The rule is chosen per
+segment (``method="auto"``, :func:`gig.quadrature.choose_rule`): ``loglegendre`` where a normalisation makes the
+segment scale-invariant, ``gausslegendre`` elsewhere. With a ``tolerance`` the steps double until the
+dataset-level error meets it; a run that cannot meet it warns (:class:`CompletenessWarning`) and says so
+(``converged=False``).
 
 Cost: only the segment ``F_{a→b}`` runs. One forward over a chunk of (image × step) rows is shared by the
 backward passes of all targets (one ``autograd.grad`` per target; on the CPU this measured faster than one
@@ -18,18 +22,20 @@ batched backward with ``is_grads_batched=True``). No hooks are registered.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from gig.data import check_images, eval_mode
 from gig.layers import LOGITS, traced
 from gig.pfv import from_pfvs, to_pfvs
-from gig.quadrature import DEFAULT, check_method, quadrature
-from gig.targets import MASKS, class_targets, concept_targets
+from gig.quadrature import DEFAULT, check_method, choose_rule, default_steps, quadrature
+from gig.targets import DEFAULT_CLASS_TARGET, MASKS, check_class_target, class_targets, concept_targets
 
 PATHS = ("reconstruction", "activation")
-AUTO_START_STEPS = 16
+AUTO_START_STEPS = None  # steps="auto" starts at the rule's default steps (gig.quadrature.default_steps)
 AUTO_MAX_STEPS = 512
 AUTO_TOLERANCE = 1e-2
 # Default chunk: about this many elements of segment input and output per chunk of (image × step) rows.
@@ -45,12 +51,32 @@ class Attribution:
     delta: torch.Tensor | None  # (B, T) relative completeness error, when asked for
     target_difference: torch.Tensor  # (B, T) g(F(X(1))) − g(F(X(0)))
     steps: int  # quadrature steps used
+    method: str = "gausslegendre"  # the quadrature rule used (what method="auto" chose)
+    converged: bool | None = None  # with a tolerance: whether it was met; None when none was asked for
+
+
+class CompletenessWarning(UserWarning):
+    """A tolerance run (``steps="auto"``) stopped at the maximum steps without meeting its tolerance."""
+
+
+class Integral(NamedTuple):
+    """What :func:`integrate_to_tolerance` returns."""
+
+    attributions: torch.Tensor  # (B, K (+1), T)
+    target_difference: torch.Tensor  # (B, T)
+    steps: int  # steps of the last run
+    method: str  # the rule used
+    dataset_delta: float  # its dataset-level completeness error
+    converged: bool | None  # the tolerance was met (None: no tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- integrator
-def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=16, method=DEFAULT,
+def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=None, method=DEFAULT,
               path="reconstruction", activation=None, max_batch_rows=None):
     """GIG of every source concept to every target, given the decomposition and the targets' weights.
+
+    ``method``: a rule of :mod:`gig.quadrature` or ``"auto"`` (chosen from ``segment``); ``steps``: its points
+    (``None``: the rule's default).
 
     ``segment`` maps ``X^a`` to ``X^b`` (or logits); ``coefficients`` ``(B, P, K)`` and ``vectors`` ``(K, C)``
     decompose ``X^a`` (shape ``like_shape``); ``target_weights`` ``(B, T, *out)`` define ``g_t = <W_t, X^b>``;
@@ -75,7 +101,9 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
         start = activation.detach()
     else:
         start = from_pfvs(reconstruction, like_shape)
-    alphas, weights = quadrature(method, steps, dtype=start.dtype, device=start.device)
+    rule = choose_rule(method, segment)
+    steps = default_steps(rule) if steps is None else steps
+    alphas, weights = quadrature(rule, steps, dtype=start.dtype, device=start.device)
     rows = _chunk_rows(max_batch_rows, like_shape, target_weights)
 
     with torch.enable_grad():
@@ -90,15 +118,27 @@ def integrate(segment, coefficients, vectors, like_shape, target_weights, steps=
     return attributions.detach(), _target_difference(segment, start, target_weights, rows)
 
 
-def integrate_to_tolerance(segment, coefficients, vectors, like_shape, target_weights, steps=16, tolerance=None,
-                           method=DEFAULT, path="reconstruction", activation=None, max_batch_rows=None):
-    """:func:`integrate`, doubling ``steps`` (up to 512) until the dataset-level completeness error is at most
-    ``tolerance`` (``None``: once). Returns ``(attributions, target_difference, steps used)``."""
+def integrate_to_tolerance(segment, coefficients, vectors, like_shape, target_weights, steps=None, tolerance=None,
+                           method=DEFAULT, path="reconstruction", activation=None, max_batch_rows=None,
+                           name="segment") -> Integral:
+    """:func:`integrate` with the rule :func:`gig.quadrature.choose_rule` picks, doubling ``steps`` (default: the
+    rule's own) up to 512 until the dataset-level completeness error is at most ``tolerance`` (``None``: once).
+    When 512 steps do not meet it, warns (:class:`CompletenessWarning`, naming ``name``, the steps and the
+    error) and returns ``converged=False``."""
+    rule = choose_rule(method, segment)
+    steps = default_steps(rule) if steps is None else steps
     while True:
         attributions, difference = integrate(segment, coefficients, vectors, like_shape, target_weights, steps,
-                                             method, path, activation=activation, max_batch_rows=max_batch_rows)
-        if tolerance is None or steps >= AUTO_MAX_STEPS or dataset_delta(attributions, difference) <= tolerance:
-            return attributions, difference, steps
+                                             rule, path, activation=activation, max_batch_rows=max_batch_rows)
+        delta = dataset_delta(attributions, difference)
+        if tolerance is None:
+            return Integral(attributions, difference, steps, rule, delta, None)
+        if delta <= tolerance:
+            return Integral(attributions, difference, steps, rule, delta, True)
+        if steps >= AUTO_MAX_STEPS:
+            warnings.warn(f"GIG on {name} did not converge: dataset completeness error {delta:.3g} at {steps} "
+                          f"steps ({rule}) exceeds the tolerance {tolerance:g}", CompletenessWarning, stacklevel=3)
+            return Integral(attributions, difference, steps, rule, delta, False)
         steps = min(2 * steps, AUTO_MAX_STEPS)
 
 
@@ -170,20 +210,25 @@ def dataset_delta(attributions, target_difference) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- public API
-def attribute(model, images, concepts, source, target, targets=None, top_t=5, steps=16, method=DEFAULT,
+def attribute(model, images, concepts, source, target, targets=None, top_t=5, steps=None, method=DEFAULT,
               path="reconstruction", return_delta=False, labels=None, tolerance=None, max_batch_rows=None,
-              mask="positive") -> Attribution:
+              mask="positive", class_target=DEFAULT_CLASS_TARGET) -> Attribution:
     """GIG from the concepts of layer ``source`` to the targets at ``target`` (the next analysed layer or
     ``"logits"``) for ``images`` ``(B, 3, H, W)``.
 
     ``targets``: ``(B, T)`` concept indices of ``target`` (classes for ``"logits"``); default: each image's
     ``top_t`` concepts of ``target``, or for ``"logits"`` its ``labels`` (else the predicted class), ``T = 1``.
-    ``steps``: quadrature points, or ``"auto"``: start at 16 and double (up to 512) until the dataset-level
-    completeness error is at most ``tolerance`` (default 1e-2); an integer ``steps`` with a ``tolerance`` starts
-    there. ``mask``: ``"positive"`` (the positions where a target concept is present) or ``"all"``. The model
-    runs in eval mode (restored after) on the device and dtype of its parameters.
+    ``method``: a rule of :mod:`gig.quadrature` or ``"auto"`` (``loglegendre`` where the segment contains a
+    scale-invariant normalisation, else ``gausslegendre``). ``steps``: quadrature points (``None``: the rule's
+    default, 16 for gausslegendre, 32 for loglegendre), or ``"auto"``: start there and double (up to 512) until
+    the dataset-level completeness error is at most ``tolerance`` (default 1e-2); an integer ``steps`` with a
+    ``tolerance`` starts there. A tolerance that is not met warns and sets ``converged=False``. ``mask``:
+    ``"positive"`` (the positions where a target concept is present) or ``"all"``. ``class_target`` at the
+    logits: ``"logit"`` (``g_y = logit_y``) or ``"contrastive"`` (``logit_y −`` the mean of the other logits).
+    The model runs in eval mode (restored after) on the device and dtype of its parameters.
     """
     check_method(method)
+    check_class_target(class_target)
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
     if mask not in MASKS:
@@ -202,18 +247,19 @@ def attribute(model, images, concepts, source, target, targets=None, top_t=5, st
     source_act = acts[source]
     coefficients, vectors = _decompose(concepts, source, source_act)
     if target == LOGITS:
-        chosen, weights = class_targets(acts[LOGITS], labels=labels, targets=targets)
+        chosen, weights = class_targets(acts[LOGITS], labels=labels, targets=targets, class_target=class_target)
     else:
         target_coefficients, target_vectors = _decompose(concepts, target, acts[target])
         chosen, weights = concept_targets(target_coefficients, target_vectors, acts[target].shape, targets=targets,
                                           top_t=top_t, mask=mask)
 
     with eval_mode(model):
-        attributions, difference, steps = integrate_to_tolerance(
-            t.segment(source, target), coefficients, vectors, source_act.shape, weights, steps, tolerance, method,
-            path, activation=source_act, max_batch_rows=max_batch_rows)
-    delta = completeness_delta(attributions, difference) if return_delta else None
-    return Attribution(attributions, chosen, delta, difference, steps)
+        result = integrate_to_tolerance(t.segment(source, target), coefficients, vectors, source_act.shape, weights,
+                                        steps, tolerance, method, path, activation=source_act,
+                                        max_batch_rows=max_batch_rows, name=f"{source}->{target}")
+    delta = completeness_delta(result.attributions, result.target_difference) if return_delta else None
+    return Attribution(result.attributions, chosen, delta, result.target_difference, result.steps, result.method,
+                       result.converged)
 
 
 def _decompose(concepts, layer, activation):
@@ -227,11 +273,12 @@ def _decompose(concepts, layer, activation):
 
 
 def check_steps(steps, tolerance):
-    """``(start steps, tolerance or None)`` from ``steps`` (a positive int or ``"auto"``) and ``tolerance``."""
-    if steps == "auto":
+    """``(start steps or None, tolerance or None)`` from ``steps`` (a positive int, ``None`` for the rule's default,
+    or ``"auto"``) and ``tolerance``."""
+    if isinstance(steps, str) and steps == "auto":
         return AUTO_START_STEPS, AUTO_TOLERANCE if tolerance is None else _check_tolerance(tolerance)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer or 'auto', got {steps!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer or 'auto' (or None: the rule's default), got {steps!r}")
     return steps, None if tolerance is None else _check_tolerance(tolerance)
 
 

@@ -3,8 +3,9 @@
 Per batch: the prefix runs once and returns every analysed activation and the logits; each layer is decomposed
 once; GIG then runs from each layer to the next (``a_i → a_{i+1}``) and from the last layer to the logits, each
 pair through its own segment only. Per image, every target's attributions are added to the graph's edges; the
-completeness delta of every pair and the reconstruction error of every layer are added to its evidence. Graphs of
-dataset shards (``start_index`` = the shard's first image) merge into the graph of the whole dataset.
+completeness delta of every pair (with the quadrature rule used and, for a tolerance run, whether every batch
+met it) and the reconstruction error of every layer are added to its evidence. Graphs of dataset shards
+(``start_index`` = the shard's first image) merge into the graph of the whole dataset.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from gig.attribution import PATHS, check_steps, class_targets, completeness_delta, concept_targets, \
     integrate_to_tolerance
+from gig.targets import DEFAULT_CLASS_TARGET, check_class_target
 from gig.data import eval_mode, iter_batches
 from gig.graph import ConceptGraph, completeness_entry, merge_evidence, reconstruction_entry
 from gig.layers import LOGITS, traced
@@ -19,17 +21,20 @@ from gig.pfv import to_pfvs
 from gig.quadrature import DEFAULT, check_method
 
 
-def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DEFAULT, path="reconstruction",
+def build_graph(model, data, concepts, layers=None, steps=None, top_t=5, method=DEFAULT, path="reconstruction",
                 max_batch_rows=None, device=None, progress=None, class_names=None, start_index=0,
-                tolerance=None) -> ConceptGraph:
+                tolerance=None, class_target=DEFAULT_CLASS_TARGET) -> ConceptGraph:
     """The concept graph of ``model`` over ``data`` (images or ``(images, labels)`` batches).
 
     ``concepts``: a :class:`gig.ConceptSet` covering ``layers`` (default: all of its layers). Targets per image:
     its ``top_t`` concepts of the next layer (at most that layer's ``K``) and, at the logits, its label when the
     data has labels, else its predicted class — that class is also the image's class for class-conditional views.
-    ``steps``/``method``: the quadrature; ``steps="auto"`` (or a ``tolerance``) doubles the steps of each pair and
-    batch from 16 (or ``steps``) until its completeness error is at most ``tolerance`` (default 1e-2); ``path``: ``"reconstruction"`` (paper) or ``"activation"`` (adds a
-    residual node per layer). ``start_index``: dataset index of the first image, so shards report global image
+    ``steps``/``method``: the quadrature (``method="auto"``: per pair, ``loglegendre`` on scale-invariant segments,
+    else ``gausslegendre``; ``steps=None``: the rule's default); ``steps="auto"`` (or a ``tolerance``) doubles the
+    steps of each pair and batch from there (or ``steps``) until its completeness error is at most ``tolerance``
+    (default 1e-2), and warns when 512 steps do not (evidence ``converged: false``). ``class_target``: the target
+    at the logits, ``"logit"`` or ``"contrastive"``. ``path``: ``"reconstruction"`` (paper) or ``"activation"``
+    (adds a residual node per layer). ``start_index``: dataset index of the first image, so shards report global image
     ids. ``progress("graph", images_done, total_or_None)`` after every batch.
     """
     t = traced(model)
@@ -38,6 +43,7 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; valid paths are: {', '.join(PATHS)}")
     start_steps, tolerance = check_steps(steps, tolerance)
+    check_class_target(class_target)
     if isinstance(top_t, bool) or not isinstance(top_t, int) or top_t < 1:
         raise ValueError(f"top_t must be a positive integer, not {top_t!r}")
     if isinstance(start_index, bool) or not isinstance(start_index, int) or start_index < 0:
@@ -45,7 +51,8 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
     device = _check_device(model, device)
     report = progress or (lambda stage, done, total: None)
     params = {"steps": steps, "method": method, "path": path, "top_t": top_t, "lam": concepts.lam,
-              "nonneg": concepts.nonneg}
+              "relative_lam": bool(concepts.lam_scales), "nonneg": concepts.nonneg, "class_target": class_target,
+              "tolerance": tolerance}
     prefix = t.prefix(layers)
     pairs = list(zip(layers, layers[1:] + [LOGITS]))
     total = _n_images(data)
@@ -70,17 +77,18 @@ def build_graph(model, data, concepts, layers=None, steps=16, top_t=5, method=DE
                 reconstruction[layer] = _reconstruction(pfvs, coef, concepts.reconstruct(layer, coef))
             for source, target in pairs:
                 if target == LOGITS:
-                    chosen, weights = class_targets(logits, labels=classes)
+                    chosen, weights = class_targets(logits, labels=classes, class_target=class_target)
                 else:
                     k_target = concepts.layers[target].n_concepts
                     chosen, weights = concept_targets(coefficients[target], _vectors(concepts, target, logits),
                                                       outputs[target].shape, top_t=min(top_t, k_target))
-                attributions, difference, used = integrate_to_tolerance(
+                pair = f"{source}->{target}"
+                result = integrate_to_tolerance(
                     t.segment(source, target), coefficients[source], _vectors(concepts, source, logits),
                     outputs[source].shape, weights, start_steps, tolerance, method, path, activation=outputs[source],
-                    max_batch_rows=max_batch_rows)
-                graph.add_attributions(source, target, attributions, chosen, classes)
-                completeness[f"{source}->{target}"] = _completeness(attributions, difference, used)
+                    max_batch_rows=max_batch_rows, name=f"pair {pair} (images {first}..{first + len(classes) - 1})")
+                graph.add_attributions(source, target, result.attributions, chosen, classes)
+                completeness[pair] = _completeness(result, tolerance)
             evidence = merge_evidence(evidence, {"completeness": completeness, "reconstruction": reconstruction})
             graph.add_images(logits.shape[0])
             report("graph", graph.n_images, total)
@@ -104,11 +112,12 @@ def _vectors(concepts, layer: str, like: torch.Tensor) -> torch.Tensor:
     return concepts.vectors(layer).to(device=like.device, dtype=like.dtype)
 
 
-def _completeness(attributions: torch.Tensor, difference: torch.Tensor, steps: int) -> dict:
+def _completeness(result, tolerance) -> dict:
+    attributions, difference = result.attributions, result.target_difference
     delta = completeness_delta(attributions, difference)
     return completeness_entry(delta.numel(), float(delta.sum()), float(delta.max()),
                               float((attributions.sum(1) - difference).abs().sum()), float(difference.abs().sum()),
-                              steps)
+                              result.steps, result.method, result.converged, tolerance)
 
 
 def _reconstruction(pfvs: torch.Tensor, coef: torch.Tensor, rebuilt: torch.Tensor) -> dict:

@@ -76,7 +76,7 @@ def exemplar_crops(images: torch.Tensor, maps: torch.Tensor, size: int | None = 
         raise ValueError("pass both mean and std (the normalisation to undo), or neither")
     if mean is not None and not (len(mean) == len(std) == 3):
         raise ValueError("mean and std must hold one value per colour channel (3 each)")
-    window = F.avg_pool2d(maps.detach().float()[:, None], size, stride=1)[:, 0] * size * size
+    window = _window_sums(maps, size)
     best = window.flatten(1).argmax(1)
     pixels = _to_uint8(images.detach(), mean, std)
     crops = []
@@ -87,6 +87,13 @@ def exemplar_crops(images: torch.Tensor, maps: torch.Tensor, size: int | None = 
         mass = float(window[i].flatten()[index]) / total if total > 0 else 0.0
         crops.append(Crop(pixels[i, top : top + size, left : left + size].copy(), box, mass))
     return crops
+
+
+def _window_sums(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """The sum of every ``size × size`` window of each map, ``(N, H − size + 1, W − size + 1)``: a summed-area
+    table in float64, O(H·W) per map whatever the window (a pooling pass costs O(H·W·size²))."""
+    table = F.pad(maps.detach().double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+    return table[:, size:, size:] - table[:, :-size, size:] - table[:, size:, :-size] + table[:, :-size, :-size]
 
 
 def _to_uint8(images: torch.Tensor, mean, std) -> np.ndarray:

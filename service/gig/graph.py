@@ -416,12 +416,20 @@ def merge_evidence(a: dict, b: dict) -> dict:
 
 
 def completeness_entry(count: int, delta_sum: float, delta_max: float, error_sum: float, difference_sum: float,
-                       steps: int) -> dict:
-    """Evidence of one layer pair: raw sums (``delta`` per target, ``|Σ GIG − diff|``, ``|diff|``) and means."""
-    return {"count": count, "delta_sum": delta_sum, "delta_max": delta_max, "error_sum": error_sum,
-            "difference_sum": difference_sum, "steps": steps,
-            "delta_mean": delta_sum / count if count else 0.0,
-            "dataset_delta": error_sum / difference_sum if difference_sum else 0.0}
+                       steps: int, method: str | None = None, converged: bool | None = None,
+                       tolerance: float | None = None) -> dict:
+    """Evidence of one layer pair: raw sums (``delta`` per target, ``|Σ GIG − diff|``, ``|diff|``) and means;
+    ``steps`` (the most used), the quadrature ``method`` actually used and, for a tolerance run, the ``tolerance``
+    and whether every batch met it (``converged``; ``None`` without a tolerance)."""
+    entry = {"count": count, "delta_sum": delta_sum, "delta_max": delta_max, "error_sum": error_sum,
+             "difference_sum": difference_sum, "steps": steps,
+             "delta_mean": delta_sum / count if count else 0.0,
+             "dataset_delta": error_sum / difference_sum if difference_sum else 0.0}
+    if method is not None:
+        entry["method"] = method
+    entry["converged"] = converged
+    entry["tolerance"] = tolerance
+    return entry
 
 
 def reconstruction_entry(error_sq_sum: float, norm_sq_sum: float, nonzero: int, coefficients: int) -> dict:
@@ -433,9 +441,14 @@ def reconstruction_entry(error_sq_sum: float, norm_sq_sum: float, nonzero: int, 
 
 
 def _merge_completeness(x: dict, y: dict) -> dict:
+    methods = sorted({e["method"] for e in (x, y) if e.get("method")})
+    flags = [e["converged"] for e in (x, y) if e.get("converged") is not None]
+    tolerances = [e["tolerance"] for e in (x, y) if e.get("tolerance") is not None]
     return completeness_entry(x["count"] + y["count"], x["delta_sum"] + y["delta_sum"],
                               max(x["delta_max"], y["delta_max"]), x["error_sum"] + y["error_sum"],
-                              x["difference_sum"] + y["difference_sum"], max(x["steps"], y["steps"]))
+                              x["difference_sum"] + y["difference_sum"], max(x["steps"], y["steps"]),
+                              "+".join(methods) or None, all(flags) if flags else None,
+                              max(tolerances) if tolerances else None)
 
 
 def _merge_reconstruction(x: dict, y: dict) -> dict:

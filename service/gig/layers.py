@@ -4,12 +4,14 @@ A model is traced once with :mod:`torch.fx`; every node remembers the module pat
 (``nn_module_stack``). A module's *output node* is the one node inside it that is used outside it. A layer is a
 *cut* when every data path from the input to the logits passes through its output node (paths that only read a
 tensor's shape do not count). Between two cuts ``a`` and ``b`` the :class:`TracedModel` builds a *segment*: a
-small graph module that maps ``X^a`` to ``X^b`` (or to the logits) and runs nothing else.
+small graph module that maps ``X^a`` to ``X^b`` (or to the logits) and runs nothing else. :func:`default_layers`
+picks the stage or block outputs of any traceable model by the rules in its docstring.
 
 No hooks are used: outputs are read from the traced graph itself.
 """
 from __future__ import annotations
 
+import operator
 import weakref
 from dataclasses import dataclass
 
@@ -37,6 +39,54 @@ def _is_shape_read(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target is getattr:
         return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
     return node.op == "call_method" and node.target in _SHAPE_METHODS
+
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_GLOBAL_POOL_FUNCTIONS = {torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
+                          torch.nn.functional.adaptive_avg_pool3d, torch.nn.functional.adaptive_max_pool1d,
+                          torch.nn.functional.adaptive_max_pool2d, torch.nn.functional.adaptive_max_pool3d}
+_REDUCTIONS = {"mean", "amax", "amin", "max", "sum"}
+
+
+def _all_ones(size) -> bool:
+    return all(s == 1 for s in (size if isinstance(size, (tuple, list)) else (size,)))
+
+
+def _arg(node: fx.Node, index: int, keyword: str, default=None):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(keyword, default)
+
+
+def _is_global_reduction(node: fx.Node, root: nn.Module) -> bool:
+    """True for an op that removes every position of its input: global pooling, a mean (max, sum) over
+    non-batch dimensions, a flatten from dimension 0 or 1, a view/reshape to two dimensions, ``x[:, i]``."""
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        if isinstance(module, _GLOBAL_POOLS):
+            return _all_ones(module.output_size)
+        return isinstance(module, nn.Flatten) and module.start_dim in (0, 1) and module.end_dim == -1
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_function" and node.target in _GLOBAL_POOL_FUNCTIONS:
+        return _all_ones(_arg(node, 1, "output_size"))
+    if node.op == "call_function" and node.target is operator.getitem:
+        index = node.args[1] if len(node.args) > 1 else None
+        return (isinstance(index, tuple) and len(index) >= 2 and index[0] == slice(None)
+                and any(isinstance(i, int) for i in index[1:]))
+    if node.op == "call_function" and getattr(torch, str(name), None) is not node.target:
+        return False  # only torch.mean / torch.flatten / ... and tensor methods of those names
+    if name == "flatten":
+        return _arg(node, 1, "start_dim", 0) in (0, 1) and _arg(node, 2, "end_dim", -1) == -1
+    if name in ("view", "reshape"):
+        shape = node.args[1:] if node.op == "call_method" else node.args[1:2]
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return len(shape) == 2
+    if name in _REDUCTIONS:
+        dim = _arg(node, 1, "dim")
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        return dim is None or (all(isinstance(d, int) for d in dims) and 0 not in dims)
+    return False
 
 
 def _module_path(key: str) -> str:
@@ -68,6 +118,7 @@ class TracedModel:
         self.layers: dict[str, LayerInfo] = {}
         self._out_node: dict[str, fx.Node] = {}
         self._index_layers(model, nodes)
+        self._head_start: fx.Node | None = None
         self._segments: dict[tuple[str, str], fx.GraphModule] = {}
         self._prefixes: dict[tuple[str, ...], fx.GraphModule] = {}
 
@@ -102,6 +153,21 @@ class TracedModel:
             blocked = self._bypass(out)
             reason = "" if not blocked else "the logits are reachable without passing through it"
             self.layers[name] = LayerInfo(name, kind, not blocked, reason)
+
+    def _usable(self, name: str) -> bool:
+        """A cut whose output comes before the network's head (see :meth:`head_start`)."""
+        info = self.layers.get(name)
+        return bool(info and info.is_cut) and self._order[self._out_node[name]] < self._order[self.head_start]
+
+    @property
+    def head_start(self) -> fx.Node:
+        """The first node of the head: the first global reduction that is a cut (global pooling, a mean over
+        positions, a flatten to ``(B, C)``, a class-token pick), else the logits. No analysed layer ends there
+        or later by default: nothing after it has positions (spatial or tokens) to decompose."""
+        if self._head_start is None:
+            self._head_start = next((n for n in self.graph.nodes if _is_global_reduction(n, self.graph_module)
+                                     and not self._bypass(n)), self._logits)
+        return self._head_start
 
     def _bypass(self, node: fx.Node) -> bool:
         """True when the logits can be reached from the input by a data path that avoids ``node``."""
@@ -138,6 +204,12 @@ class TracedModel:
                 )
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate layers in {names}")
+        first_name: dict[fx.Node, str] = {}
+        for name in names:
+            other = first_name.setdefault(self._out_node[name], name)
+            if other != name:
+                raise ValueError(f"layers {other!r} and {name!r} are the same tensor (one output node); "
+                                 "analyse only one of them")
         return sorted(names, key=lambda n: self._order[self._out_node[n]])
 
     def check_target(self, name: str) -> str:
@@ -180,7 +252,7 @@ class TracedModel:
             from_input = self._descendants(self._inputs)
             needed = self._ancestors([end], stop=start)
             graph = fx.Graph()
-            env: dict[fx.Node, fx.Node] = {start: graph.placeholder("x")}
+            env: dict[fx.Node, fx.Node] = {start: self._guard_inplace(graph, graph.placeholder("x"), start)}
             for node in self.graph.nodes:
                 if node is start or node not in needed:
                     continue
@@ -219,11 +291,19 @@ class TracedModel:
         return seen
 
     def _guard_inplace(self, graph: fx.Graph, copy: fx.Node, node: fx.Node) -> fx.Node:
-        """Clone a captured output that a later in-place module (``ReLU(inplace=True)``) would overwrite."""
-        for user in node.users:
-            if user.op == "call_module" and getattr(self.graph_module.get_submodule(user.target), "inplace", False):
-                return graph.call_method("clone", (copy,))
+        """Clone a captured output (or a segment's input) that a later in-place op would overwrite:
+        ``ReLU(inplace=True)``, ``F.relu(x, inplace=True)``, ``x.relu_()``, ``torch.relu_(x)``."""
+        if any(self._writes_in_place(user, node) for user in node.users):
+            return graph.call_method("clone", (copy,))
         return copy
+
+    def _writes_in_place(self, user: fx.Node, node: fx.Node) -> bool:
+        if user.op == "call_module":
+            return bool(getattr(self.graph_module.get_submodule(user.target), "inplace", False))
+        if user.op not in ("call_function", "call_method") or not user.args or user.args[0] is not node:
+            return False
+        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        return user.kwargs.get("inplace") is True or (name.endswith("_") and not name.startswith("_"))
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, TracedModel]" = weakref.WeakKeyDictionary()
@@ -244,24 +324,139 @@ def list_layers(model: nn.Module) -> list[LayerInfo]:
     return list(traced(model).layers.values())
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """Sensible analysed layers: ResNet block outputs, VGG ``features.N`` ReLUs, ViT encoder layers.
+MIN_DEFAULT_LAYERS = 3  # below this many top-level layers, default_layers looks one level deeper
+_LISTED = 12  # cut names shown in an error message before "and N more"
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
-    For other models: every cut that is a direct child of an ``nn.Sequential``.
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Sensible analysed layers, in forward order, one name per tensor.
+
+    torchvision ResNets: block outputs (``layer1.0`` …); VGG: the ``features.N`` ReLUs; ViT: the encoder layers.
+    Any other traceable model:
+
+    1. *Top level*: the model's children whose outputs are cuts. A plain container child (exactly
+       ``nn.Sequential``/``ModuleList``/``ModuleDict`` holding blocks) stands for its members (``features`` →
+       ``features.0`` …; ``stages`` → ``stages.0`` …, not opened further); a child that is not a cut (never
+       called, several outputs, bypassed) is looked through, its own children taking its place.
+    2. *Units*: a parameter-free module (activation, pooling, dropout, ``Identity``) is no layer of its own: it
+       joins the layer before it (that unit's output becomes its output) and is dropped when nothing precedes it.
+    3. *Head*: nothing from :attr:`TracedModel.head_start` (the first global reduction that every path passes:
+       global/adaptive-1 pooling, a mean over positions, a flatten to ``(B, C)``, a class-token pick ``x[:, 0]``)
+       to the logits, nor the logits; a module of plain layers that ends there (the classifier) is left out whole.
+    4. *Depth*: while fewer than ``MIN_DEFAULT_LAYERS`` layers are found, the layers that hold blocks (a stage
+       or a wrapper) are replaced by the layers inside them (by the same rules), else those that hold several
+       layers; a layer's own output stays when none of its inner layers ends with it.
+    5. *One name per tensor*: when several chosen names share one output node, the outermost (shortest) is kept;
+       a container replaced by its members is named by them (``features.3``, not ``features``).
+
+    ``ValueError`` (listing the cuts found) when no layer qualifies.
     """
     t = traced(model)
-    cuts = set(t.cuts)
-    names: list[str]
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # torchvision ResNet family
-        names = [f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(model, f"layer{i}")))]
-    elif isinstance(getattr(model, "features", None), nn.Sequential) and hasattr(model, "classifier"):  # VGG
-        names = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.ReLU)]
-    elif hasattr(model, "encoder") and isinstance(getattr(model.encoder, "layers", None), nn.Sequential):  # ViT
-        names = [f"encoder.layers.{n}" for n, _ in model.encoder.layers.named_children()]
+    names = _torchvision_defaults(model)
+    if names is None:
+        names = _general_defaults(t)
     else:
-        parents = {n for n, m in model.named_modules() if isinstance(m, nn.Sequential)}
-        names = [n for n in t.layers if n.rpartition(".")[0] in parents]
-    names = [n for n in names if n in cuts]
+        names = _distinct(t, [n for n in names if t._usable(n)])
     if not names:
-        raise ValueError(f"no default layers found for {type(model).__name__}; pass layers, one of: {sorted(cuts)}")
+        cuts = t.cuts
+        listed = ", ".join(cuts[:_LISTED]) + (f" and {len(cuts) - _LISTED} more" if len(cuts) > _LISTED else "")
+        raise ValueError(
+            f"no default layers found for {type(model).__name__}: none of its {len(cuts)} cut layers comes before "
+            f"its global pooling / head ({listed or 'no cuts at all'}); pass the layers to analyse explicitly"
+        )
     return t.check_layers(names)
+
+
+def _torchvision_defaults(model: nn.Module) -> list[str] | None:
+    """The hand-picked defaults of torchvision's ResNet, VGG and ViT families; ``None`` for other models."""
+    stages = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if all(isinstance(stage, nn.Sequential) for stage in stages):  # ResNet family
+        return [f"layer{i}.{j}" for i, stage in enumerate(stages, 1) for j in range(len(stage))]
+    features = getattr(model, "features", None)
+    if (isinstance(features, nn.Sequential) and hasattr(model, "classifier")
+            and all(not list(m.children()) for m in features) and any(isinstance(m, nn.ReLU) for m in features)):
+        return [f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.ReLU)]  # VGG
+    encoder = getattr(model, "encoder", None)
+    if isinstance(getattr(encoder, "layers", None), nn.Sequential):  # ViT
+        return [f"encoder.layers.{n}" for n, _ in encoder.layers.named_children()]
+    return None
+
+
+def _general_defaults(t: "TracedModel") -> list[str]:
+    units = _units(t, "", t.model)
+    while 0 < len(units) < MIN_DEFAULT_LAYERS:
+        inner = {name: _inner_units(t, name) for name in units}
+        deeper = {name: found for name, found in inner.items() if len(found) > 1}
+        holds_blocks = {name for name, found in deeper.items()
+                        if any(m != name and _has_children(t, m) for m in found)}
+        chosen = holds_blocks or set(deeper)
+        grown = _distinct(t, [m for name in units for m in (inner[name] if name in chosen else [name])])
+        if grown == units:
+            break
+        units = grown
+    return units
+
+
+def _inner_units(t: "TracedModel", name: str) -> list[str]:
+    """The units inside layer ``name``; the one that ends with ``name``'s output takes its name, else ``name``
+    itself is added (a block whose output is computed after its last inner layer, e.g. a residual sum)."""
+    found = _units(t, name, t.model.get_submodule(name))
+    node = t._out_node[name]
+    if not found:
+        return [name]
+    renamed = [name if t._out_node[n] is node else n for n in found]
+    return renamed if name in renamed else renamed + [name]
+
+
+def _units(t: "TracedModel", prefix: str, module: nn.Module) -> list[str]:
+    """Rules 1-2 and 5 of :func:`default_layers` for the children of ``module`` (named ``prefix``)."""
+    found = _candidates(t, prefix, module, open_containers=True)
+    found.sort(key=lambda n: t._order[t._out_node[n]])
+    units: list[str] = []
+    for name in found:
+        if next(t.model.get_submodule(name).parameters(), None) is None:  # parameter-free: joins the unit before
+            if units:
+                units[-1] = name
+            continue
+        units.append(name)
+    return _distinct(t, units)
+
+
+def _candidates(t: "TracedModel", prefix: str, module: nn.Module, open_containers: bool) -> list[str]:
+    found: list[str] = []
+    for child_name, child in module.named_children():
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        if _is_classifier(t, name, child):
+            continue
+        if type(child) in _CONTAINERS and open_containers and (not t._usable(name) or _holds_blocks(child)):
+            found.extend(_candidates(t, name, child, open_containers=False))
+        elif t._usable(name):
+            found.append(name)
+        else:
+            found.extend(_candidates(t, name, child, open_containers))
+    return found
+
+
+def _is_classifier(t: "TracedModel", name: str, module: nn.Module) -> bool:
+    """A module of plain layers whose output is in the head (e.g. dropout → 1×1 conv → pool): skipped whole."""
+    node = t._out_node.get(name)
+    return node is not None and t._order[node] >= t._order[t.head_start] and not _holds_blocks(module)
+
+
+def _holds_blocks(module: nn.Module) -> bool:
+    return any(next(child.children(), None) is not None for child in module.children())
+
+
+def _has_children(t: "TracedModel", name: str) -> bool:
+    return next(t.model.get_submodule(name).children(), None) is not None
+
+
+def _distinct(t: "TracedModel", names: list[str]) -> list[str]:
+    """``names`` in forward order with one name per output node: the outermost (fewest dots, then shortest)."""
+    best: dict[fx.Node, str] = {}
+    for name in names:
+        node = t._out_node[name]
+        if node not in best or (name.count("."), len(name)) < (best[node].count("."), len(best[node])):
+            best[node] = name
+    return sorted(best.values(), key=lambda n: t._order[t._out_node[n]])

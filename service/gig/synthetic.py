@@ -44,7 +44,52 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np
         return (np.abs(dx) <= side) & (np.abs(dy) <= side)
     if shape == "triangle":  # apex up
         return (dy >= -radius) & (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
-    raise ValueError(f"unknown shape {shape!r}; valid shapes are: disc, square, triangle")
+    if shape == "ring":
+        return (dx**2 + dy**2 <= radius**2) & (dx**2 + dy**2 >= (0.55 * radius) ** 2)
+    if shape == "cross":  # a plus sign
+        arm = 0.3 * radius
+        return ((np.abs(dx) <= arm) | (np.abs(dy) <= arm)) & (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= radius
+    if shape == "bar":  # a horizontal bar
+        return (np.abs(dx) <= radius) & (np.abs(dy) <= 0.4 * radius)
+    raise ValueError(f"unknown shape {shape!r}; valid shapes are: {', '.join(SHAPES)}")
+
+
+SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "bar")
+TEXTURES = ("solid", "striped", "checker", "dots", "hstripes", "vstripes")
+
+
+def _texture(texture: str, yy: np.ndarray, xx: np.ndarray, phase: int) -> np.ndarray:
+    """Where a texture shows its full colour (True) rather than a dark shade of it."""
+    if texture == "striped":  # diagonal stripes, 2 px
+        return ((xx + yy + phase) // 2) % 2 == 0
+    if texture == "checker":  # 3-px checks
+        return ((xx + phase) // 3 + (yy + phase) // 3) % 2 == 0
+    if texture == "dots":  # a dot every 4 px
+        return ((xx + phase) % 4 < 2) & ((yy + phase) % 4 < 2)
+    if texture == "hstripes":
+        return ((yy + phase) // 2) % 2 == 0
+    if texture == "vstripes":
+        return ((xx + phase) // 2) % 2 == 0
+    raise ValueError(f"unknown texture {texture!r}; valid textures are: {', '.join(TEXTURES)}")
+
+
+def draw_part(image: np.ndarray, mask: np.ndarray, part: int, shape: str, rgb, texture: str, cy: float, cx: float,
+              radius: float, rng: np.random.Generator) -> None:
+    """Draw one part in place: ``shape`` of colour ``rgb`` (jittered in brightness) and ``texture`` centred at
+    ``(cy, cx)``; its pixels get id ``part`` in ``mask``."""
+    size = image.shape[-1]
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = _shape_mask(shape, yy - cy, xx - cx, radius)
+    rgb = np.clip(np.asarray(rgb) * rng.uniform(0.8, 1.1), 0, 1)
+    if texture == "solid":
+        fill = np.broadcast_to(rgb[:, None, None], image.shape)
+    else:
+        light = _texture(texture, yy, xx, int(rng.integers(0, 4)))
+        fill = np.where(light[None], rgb[:, None, None], 0.25 * rgb[:, None, None])
+    image[:, inside] = fill[:, inside]
+    mask[inside] = part
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -66,18 +111,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _draw_part(image: np.ndarray, mask: np.ndarray, part: int, cy: float, cx: float, radius: float,
                rng: np.random.Generator) -> None:
     shape, colour, texture = PARTS[part - 1]
-    size = image.shape[-1]
-    yy, xx = np.mgrid[0:size, 0:size]
-    inside = _shape_mask(shape, yy - cy, xx - cx, radius)
-    rgb = np.clip(np.array(_COLOURS[colour]) * rng.uniform(0.8, 1.1), 0, 1)
-    if texture == "striped":  # diagonal stripes of the colour and a dark shade of it
-        phase = rng.integers(0, 4)
-        light = ((xx + yy + phase) // 2) % 2 == 0
-        fill = np.where(light[None], rgb[:, None, None], 0.25 * rgb[:, None, None])
-    else:
-        fill = np.broadcast_to(rgb[:, None, None], image.shape)
-    image[:, inside] = fill[:, inside]
-    mask[inside] = part
+    draw_part(image, mask, part, shape, _COLOURS[colour], texture, cy, cx, radius, rng)
 
 
 def make_parts_dataset(n: int, size: int = 32, seed: int = 0):
@@ -131,13 +165,15 @@ def parts_archive(n: int, size: int = 32, seed: int = 0, folder_names: list[str]
     return out.getvalue()
 
 
-def part_coverage(part_masks: torch.Tensor, grid: int) -> torch.Tensor:
-    """Fraction of each cell of a ``grid × grid`` partition covered by each part: ``(n, len(PARTS), grid·grid)``,
-    cells in row-major order like PFV positions (``gig.pfv``). ``size`` must be a multiple of ``grid``."""
+def part_coverage(part_masks: torch.Tensor, grid: int, n_parts: int | None = None) -> torch.Tensor:
+    """Fraction of each cell of a ``grid × grid`` partition covered by each part: ``(n, n_parts, grid·grid)``,
+    cells in row-major order like PFV positions (``gig.pfv``). ``size`` must be a multiple of ``grid``;
+    ``n_parts`` defaults to ``len(PARTS)`` or the largest id in the masks, whichever is larger."""
     n, size, _ = part_masks.shape
     if size % grid:
         raise ValueError(f"the image size {size} is not a multiple of the grid {grid}")
-    onehot = nn.functional.one_hot(part_masks, len(PARTS) + 1).permute(0, 3, 1, 2).float()
+    n_parts = n_parts or max(len(PARTS), int(part_masks.max()))
+    onehot = nn.functional.one_hot(part_masks, n_parts + 1).permute(0, 3, 1, 2).float()
     return nn.functional.avg_pool2d(onehot, size // grid)[:, 1:].flatten(2)
 
 
@@ -198,15 +234,12 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return (predictions == labels).float().mean().item()
 
 
-def train_parts_net(n_train: int = 3000, epochs: int = 6, width: int = 16, seed: int = 0, size: int = 32,
-                    batch_size: int = 64, lr: float = 3e-3, n_test: int = 600):
-    """Train a :class:`PartsNet` on :func:`make_parts_dataset` (seed ``seed``), test on a fresh set (seed
-    ``seed + 1``). Returns ``(model in eval mode, info)`` with ``info`` = train/test accuracy, seconds, settings.
-    Reproducible for a seed on one machine (Adam with a one-cycle schedule, flips as augmentation)."""
+def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int = 6, seed: int = 0,
+                     batch_size: int = 64, lr: float = 3e-3) -> float:
+    """Train ``model`` in place on ``(images, labels)`` (Adam with a one-cycle schedule, horizontal flips as
+    augmentation) and leave it in eval mode; returns the seconds it took. Reproducible for a seed on one machine."""
     torch.manual_seed(seed)
-    images, labels, _ = make_parts_dataset(n_train, size=size, seed=seed)
-    test_images, test_labels, _ = make_parts_dataset(n_test, size=size, seed=seed + 1)
-    model = PartsNet(len(CLASS_NAMES), width=width)
+    n_train = len(images)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = -(-n_train // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * steps_per_epoch)
@@ -218,15 +251,27 @@ def train_parts_net(n_train: int = 3000, epochs: int = 6, width: int = 16, seed:
         for i in range(0, n_train, batch_size):
             index = order[i:i + batch_size]
             batch = images[index]
-            flip = torch.rand(len(index), generator=generator) < 0.5  # parts are symmetric or nearly so
+            flip = torch.rand(len(index), generator=generator) < 0.5  # planted parts are (nearly) symmetric
             batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
             loss = nn.functional.cross_entropy(model(batch), labels[index])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             schedule.step()
-    seconds = time.perf_counter() - start
     model.eval()
+    return time.perf_counter() - start
+
+
+def train_parts_net(n_train: int = 3000, epochs: int = 6, width: int = 16, seed: int = 0, size: int = 32,
+                    batch_size: int = 64, lr: float = 3e-3, n_test: int = 600):
+    """Train a :class:`PartsNet` on :func:`make_parts_dataset` (seed ``seed``), test on a fresh set (seed
+    ``seed + 1``). Returns ``(model in eval mode, info)`` with ``info`` = train/test accuracy, seconds, settings.
+    Reproducible for a seed on one machine (:func:`train_classifier`)."""
+    torch.manual_seed(seed)
+    images, labels, _ = make_parts_dataset(n_train, size=size, seed=seed)
+    test_images, test_labels, _ = make_parts_dataset(n_test, size=size, seed=seed + 1)
+    model = PartsNet(len(CLASS_NAMES), width=width)
+    seconds = train_classifier(model, images, labels, epochs, seed, batch_size, lr)
     info = {
         "classes": CLASS_NAMES, "parts": PART_NAMES, "class_parts": [list(p) for p in CLASS_PARTS],
         "width": width, "size": size, "seed": seed, "n_train": n_train, "n_test": n_test, "epochs": epochs,

@@ -1,7 +1,10 @@
 """Exemplar bundles: per concept, its top exemplars as PNG thumbnails (the iERF crop) and iERF overlays.
 
 One bundle per concept set, stored as one ``exemplars`` artifact: a zip holding ``manifest.json`` and the PNGs.
-Torch-free (numpy + PIL), so the API reads bundles without torch; the worker renders them from ``gig.erf`` maps.
+The bundle keeps the references (image, position, coefficient) of every concept's exemplars; only the concepts
+that are shown (the most relevant ones, and those rendered on demand) have PNGs. Torch-free (numpy + PIL), so the
+API reads and merges bundles without torch; the worker renders them from ``gig.erf`` maps. Bundles are
+byte-for-byte deterministic, so equal contents are one stored artifact.
 """
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ import numpy as np
 from PIL import Image
 
 FORMAT = "gigaudit.exemplars/1"
+PNG_KEYS = ("thumbnail_png", "ierf_png")
+_REF_KEYS = ("image", "image_name", "position", "coefficient")
 _THUMBNAIL = 96  # pixels on the longer side
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the same content gives the same bytes (and sha256)
 
 
 def thumbnail_png(crop: np.ndarray, size: int = _THUMBNAIL) -> bytes:
@@ -49,29 +55,72 @@ def write_bundle(layers: dict[str, list[list[dict]]]) -> bytes:
             for concept, exemplars in enumerate(concepts):
                 row = []
                 for rank, exemplar in enumerate(exemplars):
-                    ref = {k: exemplar[k] for k in ("image", "image_name", "position", "coefficient")}
-                    for key in ("thumbnail_png", "ierf_png"):
+                    ref = {k: exemplar[k] for k in _REF_KEYS}
+                    for key in PNG_KEYS:
                         if exemplar.get(key):
                             ref[key] = f"{layer}/{concept}/{rank}.{key[:-4]}.png"
-                            bundle.writestr(ref[key], exemplar[key])
+                            bundle.writestr(zipfile.ZipInfo(ref[key], _EPOCH), exemplar[key])
                     row.append(ref)
                 rows.append(row)
-        bundle.writestr("manifest.json", json.dumps(manifest))
+        bundle.writestr(zipfile.ZipInfo("manifest.json", _EPOCH), json.dumps(manifest, sort_keys=True))
     return out.getvalue()
 
 
-def read_exemplars(data: bytes, layer: str, concept: int, max_exemplars: int = 0) -> list[dict]:
-    """The exemplars of one concept, PNGs as bytes (``b""`` when not rendered); ``0`` = all stored."""
+def read_bundle(data: bytes) -> dict[str, list[list[dict]]]:
+    """The whole bundle as ``write_bundle`` takes it; PNGs as bytes, absent where not rendered."""
     with zipfile.ZipFile(io.BytesIO(data)) as bundle:
-        layers = json.loads(bundle.read("manifest.json"))["layers"]
+        layers = _manifest(bundle)
+        return {layer: [[{**{k: ref[k] for k in _REF_KEYS}, **{k: bundle.read(ref[k]) for k in PNG_KEYS if k in ref}}
+                         for ref in refs] for refs in concepts] for layer, concepts in layers.items()}
+
+
+def rendered_concepts(data: bytes) -> dict[str, list[int]]:
+    """``{layer: [concept, ...]}``: the concepts whose exemplars all have PNGs (concepts without exemplars are
+    left out: there is nothing to render)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+        return {layer: [k for k, refs in enumerate(concepts) if refs and all(_has_pngs(ref) for ref in refs)]
+                for layer, concepts in _manifest(bundle).items()}
+
+
+def merge_bundles(base: bytes, update: bytes) -> bytes:
+    """``base`` with the PNGs of ``update`` added where ``base`` has none for the same exemplar (same layer, concept,
+    image and position). Commutative in what gets rendered, and idempotent: merging twice changes nothing."""
+    merged, extra = read_bundle(base), read_bundle(update)
+    for layer, concepts in merged.items():
+        for concept, refs in enumerate(concepts):
+            others = extra.get(layer, [])
+            found = {(e["image"], e["position"]): e for e in (others[concept] if concept < len(others) else [])}
+            for exemplar in refs:
+                source = found.get((exemplar["image"], exemplar["position"]), {})
+                if not _has_pngs(exemplar) and _has_pngs(source):
+                    exemplar.update({k: source[k] for k in PNG_KEYS})
+    return write_bundle(merged)
+
+
+def read_exemplars(data: bytes, layer: str, concept: int, max_exemplars: int = 0) -> list[dict]:
+    """The exemplars of one concept, PNGs as bytes (``b""`` when not rendered, and then ``rendered`` is false);
+    ``0`` = all stored."""
+    with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+        layers = _manifest(bundle)
         if layer not in layers:
             raise ValueError(f"no exemplars for layer {layer!r}; layers: {', '.join(layers)}")
         concepts = layers[layer]
         if not 0 <= concept < len(concepts):
             raise ValueError(f"concept {concept} out of range: layer {layer!r} has concepts 0..{len(concepts) - 1}")
         refs = concepts[concept][:max_exemplars or None]
-        return [{**ref, **{key: bundle.read(ref[key]) if key in ref else b"" for key in ("thumbnail_png", "ierf_png")}}
-                for ref in refs]
+        return [{**ref, **{key: bundle.read(ref[key]) if key in ref else b"" for key in PNG_KEYS},
+                 "rendered": _has_pngs(ref)} for ref in refs]
+
+
+def _manifest(bundle: zipfile.ZipFile) -> dict:
+    manifest = json.loads(bundle.read("manifest.json"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"not an exemplar bundle of format {FORMAT!r}: {manifest.get('format')!r}")
+    return manifest["layers"]
+
+
+def _has_pngs(exemplar: dict) -> bool:
+    return all(exemplar.get(key) for key in PNG_KEYS)
 
 
 def _rgb(array: np.ndarray) -> np.ndarray:

@@ -1,13 +1,18 @@
 """The job handlers of a worker: each job kind's params (JSON) in, a JSON result out, artifacts in the store.
 
 Kinds: ``validate_model``, ``extract_concepts``, ``build_graph`` (sharded; the reducer ``reduce_graph`` merges the
-partial graphs), ``audit`` (extraction, graph and evaluation in one job) and ``noop``. The API copies the model and
-dataset records into the params, so a worker needs no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go straight to
+partial graphs), ``audit`` (extraction, graph and evaluation in one job), ``render_exemplars`` (PNGs of chosen
+concepts, on demand) and ``noop``. The API copies the model and dataset records into the params, so a worker needs
+no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go straight to
 ``JobContext.progress``, which also stops a cancelled job between batches.
+
+Job parameters that are absent are not passed on: gig's keyword defaults are the only defaults (the API passes on
+only the fields a caller set).
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import tempfile
 import time
@@ -20,15 +25,28 @@ import torch
 import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
+from gigaudit.results import ConceptGraph as GraphView
 from gigaudit_server import exemplars
 from gigaudit_server.datasets import ArchiveImages
 from gigaudit_server.jobs import Job, JobContext
 from gigaudit_server.models import ModelCache
 from gigaudit_server.storage import ArtifactStore
 
-EXTRACT_DEFAULTS = {"n_concepts": None, "method": "bisecting_kmeans", "pfvs_per_image": 1, "sampling": "contribution",
-                    "lam": 0.1, "seed": 0}
-GRAPH_DEFAULTS = {"steps": 16, "top_t": 5, "method": "gausslegendre", "path": "reconstruction"}
+# The job params that are gig's keyword arguments; absent ones take gig's defaults.
+EXTRACT_OPTIONS = ("n_concepts", "method", "pfvs_per_image", "sampling", "lam", "seed")
+GRAPH_OPTIONS = ("steps", "top_t", "method", "path")
+EVALUATE_OPTIONS = ("steps", "top_t", "method")
+
+
+def gig_defaults(function, names) -> dict:
+    """The keyword defaults of a gig function for ``names``: read from gig, never restated here."""
+    parameters = inspect.signature(function).parameters
+    return {name: parameters[name].default for name in names}
+
+
+# What an absent param means (for reading and help texts; the handlers simply leave absent params out).
+EXTRACT_DEFAULTS = gig_defaults(gig.extract_concepts, EXTRACT_OPTIONS)
+GRAPH_DEFAULTS = gig_defaults(gig.build_graph, GRAPH_OPTIONS)
 
 
 def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
@@ -39,12 +57,16 @@ def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
 class Tasks:
     """The handlers of one worker: its artifact store, device and resident models.
 
-    ``batch_size`` images go through gig at a time; ``n_exemplars`` exemplars are kept per concept, and those of
-    the ``exemplar_concepts`` most frequent concepts per layer are rendered as PNGs.
+    ``batch_size`` images go through gig at a time (and as many exemplar rows through ``gig.erf``);
+    ``n_exemplars`` exemplars are kept per concept (6: as many as the report shows, the CLI's ``--exemplars``),
+    and those of the ``exemplar_concepts`` concepts per layer that are shown are rendered as PNGs (12: the
+    report's ``nodes_per_layer``): in an audit the most relevant ones, ranked as the report ranks them
+    (``gigaudit.results.ConceptGraph.overall_relevance``); after an extraction alone, those with the largest
+    frequency × mean coefficient. Others are rendered on demand (``render_exemplars``).
     """
 
     def __init__(self, store: ArtifactStore, device: str = "cpu", models: ModelCache | None = None, *,
-                 batch_size: int = 32, n_exemplars: int = 8, exemplar_concepts: int = 64):
+                 batch_size: int = 32, n_exemplars: int = 6, exemplar_concepts: int = 12):
         self.store = store
         self.device = torch.device(device)
         self.models = models or ModelCache(store)
@@ -54,7 +76,8 @@ class Tasks:
 
     def handlers(self) -> dict:
         return {"validate_model": self.validate_model, "extract_concepts": self.extract_concepts,
-                "build_graph": self.build_graph, "audit": self.audit, "noop": self.noop}
+                "build_graph": self.build_graph, "audit": self.audit, "render_exemplars": self.render_exemplars,
+                "noop": self.noop}
 
     def reducers(self) -> dict:
         return {"reduce_graph": self.reduce_graph}
@@ -83,7 +106,10 @@ class Tasks:
         model = self.models.get(params["model"], self.device)
         with self._dataset(params) as data:
             concepts = self._extract(model, data, params, ctx.progress)
-            return self._store_concepts(model, concepts, data, params["model"], ctx.progress)
+            result = self._store_concepts(concepts)
+            shown = {layer: _top(lc.frequency * lc.mean_coefficient, self.exemplar_concepts)
+                     for layer, lc in concepts.layers.items()}
+            return {**result, **self._store_exemplars(model, concepts, data, params["model"], shown, ctx.progress)}
 
     def build_graph(self, ctx: JobContext) -> dict:
         """One shard of a graph (the whole graph when the job is not sharded)."""
@@ -94,7 +120,7 @@ class Tasks:
         model = self.models.get(params["model"], self.device)
         concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
         with self._dataset(params, start, stop) as data:
-            graph = self._graph(model, data, concepts, _options(params, GRAPH_DEFAULTS), params, ctx.progress, start)
+            graph = self._graph(model, data, concepts, _options(params, GRAPH_OPTIONS), params, ctx.progress, start)
         if ctx.job.parent is None and ctx.shard_count == 1:
             return self._graph_result(graph)
         return {"partial_sha": self._put_json("graphs", graph.to_dict()), "n_images": stop - start}
@@ -108,25 +134,61 @@ class Tasks:
         return self._graph_result(reduce(gig.ConceptGraph.merge, partials))
 
     def audit(self, ctx: JobContext) -> dict:
-        """Extraction, graph and the evidence of DESIGN §1.5 (``gig.evaluate``) in one job.
+        """Extraction, graph, exemplars of the concepts the report shows, and the evidence of DESIGN §1.5
+        (``gig.evaluate``) in one job.
 
         Params are those of both jobs, with ``clustering`` and ``quadrature`` naming the two methods; optional
-        ``metrics`` (gig.evaluate's default set when absent) and ``evaluation_images`` (default 16).
+        ``metrics`` and ``evaluation_images`` (gig.evaluate's ``metrics`` and ``max_images``). The evaluation uses
+        the graph's own quadrature (``steps``, ``method``, ``top_t`` as the graph recorded them). The result's
+        ``seconds`` gives the wall-clock time of each stage (extract, graph, exemplars, evaluate).
         """
         params = ctx.job.params
         model = self.models.get(params["model"], self.device)
-        graph_options = _options({**params, "method": params.get("quadrature")}, GRAPH_DEFAULTS)
+        graph_options = _options({**params, "method": params.get("quadrature")}, GRAPH_OPTIONS)
+        clock = _StageClock()
         with self._dataset(params) as data:
-            concepts = self._extract(model, data, {**params, "method": params.get("clustering")}, ctx.progress)
-            result = self._store_concepts(model, concepts, data, params["model"], ctx.progress)
-            graph = self._graph(model, data, concepts, graph_options, params, ctx.progress, 0)
-            metrics = {"metrics": params["metrics"]} if params.get("metrics") else {}
-            gig.evaluate(model, data, concepts, graph, steps=graph_options["steps"], method=graph_options["method"],
-                         top_t=graph_options["top_t"], progress=ctx.progress,
-                         max_images=params.get("evaluation_images") or 16, seed=params.get("seed") or 0, **metrics)
+            with clock("extract"):
+                concepts = self._extract(model, data, {**params, "method": params.get("clustering")}, ctx.progress)
+                result = self._store_concepts(concepts)
+            with clock("graph"):
+                graph = self._graph(model, data, concepts, graph_options, params, ctx.progress, 0)
+            with clock("exemplars"):
+                shown = most_relevant(graph.to_dict(), self.exemplar_concepts)
+                result.update(self._store_exemplars(model, concepts, data, params["model"], shown, ctx.progress))
+            evaluation = {k: v for k, v in graph.params.items() if k in EVALUATE_OPTIONS
+                          and (k != "steps" or isinstance(v, int))}  # steps="auto": gig.evaluate's own steps
+            evaluation.update(_options({"metrics": params.get("metrics") or None, "max_images":
+                                        params.get("evaluation_images") or None, "seed": params.get("seed")},
+                                       ("metrics", "max_images", "seed")))
+            with clock("evaluate"):
+                gig.evaluate(model, data, concepts, graph, progress=ctx.progress, **evaluation)
         graph_result = self._graph_result(graph)  # gig.evaluate put the evidence into the graph
         return {**result, "graph_sha": graph_result["graph_sha"], "n_images": graph_result["n_images"],
-                "evidence": graph.to_dict()["evidence"]}
+                "evidence": graph.to_dict()["evidence"], "seconds": clock.seconds}
+
+    def render_exemplars(self, ctx: JobContext) -> dict:
+        """PNGs of the exemplars of ``params["concepts"]`` of ``params["layer"]`` that the bundle
+        ``params["exemplars_sha"]`` lacks; the result names the updated bundle (all it had, plus these)."""
+        params = ctx.job.params
+        bundle = self.store.read("exemplars", params["exemplars_sha"])
+        concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
+        layer = params["layer"]
+        if layer not in concepts.layers:
+            raise ValueError(f"layer {layer!r} is not in the concept set; its layers: {', '.join(concepts.layers)}")
+        n_concepts = concepts.layers[layer].n_concepts
+        wanted = sorted({int(k) for k in params["concepts"]})
+        if wanted and not 0 <= wanted[0] <= wanted[-1] < n_concepts:
+            raise ValueError(f"concepts must lie in 0..{n_concepts - 1} for layer {layer!r}, not {wanted}")
+        done = set(exemplars.rendered_concepts(bundle).get(layer, []))
+        missing = {layer: [k for k in wanted if k not in done]}
+        if not missing[layer]:
+            ctx.progress("exemplars", 1, 1)
+            return {"exemplars_sha": params["exemplars_sha"], "rendered_concepts": exemplars.rendered_concepts(bundle)}
+        model = self.models.get(params["model"], self.device)
+        with self._dataset(params) as data:
+            rendered = self._render_exemplars(model, concepts, data, params["model"], missing, ctx.progress,
+                                              exemplars.read_bundle(bundle))
+        return self._put_exemplars(rendered)
 
     def noop(self, ctx: JobContext) -> dict:
         """Sleep ``params["sleep"]`` seconds in tenths, reporting progress (and honouring cancellation)."""
@@ -167,41 +229,55 @@ class Tasks:
     def _extract(self, model, data, params, progress) -> ConceptSet:
         layers = params.get("layers") or gig.default_layers(model)
         return gig.extract_concepts(model, data, layers, device=self.device, progress=progress,
-                                    n_exemplars=self.n_exemplars, **_options(params, EXTRACT_DEFAULTS))
+                                    n_exemplars=self.n_exemplars, **_options(params, EXTRACT_OPTIONS))
 
-    def _store_concepts(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> dict:
-        """Store the concept set and its exemplar bundle; the result of an extraction."""
+    def _store_concepts(self, concepts: ConceptSet) -> dict:
+        """Store the concept set: its sha, per-layer statistics and the options gig used (defaults included)."""
         stats = concepts.params["decomposition"]  # measured by extract_concepts' second pass
-        bundle = self._render_exemplars(model, concepts, data, record, progress)
         return {
             "concept_set_sha": self.store.put_bytes("concepts", concepts.to_bytes()),
             "layers": {layer: {"n_concepts": lc.n_concepts, **stats[layer]} for layer, lc in concepts.layers.items()},
-            "exemplars_sha": self.store.put_bytes("exemplars", bundle),
+            "options": {"method": concepts.method, "lam": concepts.lam,
+                        **{k: concepts.params[k] for k in ("sampling", "pfvs_per_image", "seed")
+                           if k in concepts.params}},
         }
 
-    def _render_exemplars(self, model, concepts: ConceptSet, data: ArchiveImages, record, progress) -> bytes:
-        """PNG thumbnails (iERF crops) and iERF overlays of the top exemplars of the most frequent concepts."""
+    def _store_exemplars(self, model, concepts, data, record, shown, progress) -> dict:
+        """Render the ``shown`` concepts' exemplars; store the bundle (references of all concepts)."""
+        return self._put_exemplars(self._render_exemplars(model, concepts, data, record, shown, progress))
+
+    def _put_exemplars(self, layers: dict) -> dict:
+        bundle = exemplars.write_bundle(layers)
+        return {"exemplars_sha": self.store.put_bytes("exemplars", bundle),
+                "rendered_concepts": exemplars.rendered_concepts(bundle)}
+
+    def _render_exemplars(self, model, concepts: ConceptSet, data: ArchiveImages, record, shown: Mapping,
+                          progress, existing: Mapping | None = None) -> dict:
+        """``{layer: [per concept: [exemplar]]}`` of every concept, with PNG thumbnails (iERF crops) and iERF
+        overlays for the exemplars of the ``shown`` concepts (``{layer: [concept]}``); the PNGs of ``existing`` (a
+        read bundle) are kept. Each image is decoded once; one forward and one backward per batch of rows."""
         normalisation = {"mean": record.get("mean") or [0.0] * 3, "std": record.get("std") or [1.0] * 3}
         found = {layer: lc.exemplars or [[] for _ in range(lc.n_concepts)] for layer, lc in concepts.layers.items()}
-        rows = {}  # layer -> [(concept, exemplar)] to render
-        for layer, lc in concepts.layers.items():
-            shown = torch.argsort(lc.frequency, descending=True, stable=True)[:self.exemplar_concepts]
-            rows[layer] = [(k, e) for k in sorted(shown.tolist()) for e in found[layer][k]]
+        rows = {layer: [(k, e) for k in sorted(set(shown.get(layer, []))) for e in found[layer][k]]
+                for layer in concepts.layers}  # layer -> [(concept, exemplar)] to render
         ids = sorted({e.image for chosen in rows.values() for _, e in chosen})
         pictures = dict(zip(ids, data.select(ids))) if ids else {}
+        total, done = sum(len(r) for r in rows.values()), 0
         layers = {}
-        for i, (layer, lc) in enumerate(concepts.layers.items()):
-            progress("exemplars", i, len(concepts.layers))
+        for layer, lc in concepts.layers.items():
             pngs = {}
             for start in range(0, len(rows[layer]), self.batch_size):
+                progress("exemplars", done, total)
                 chunk = rows[layer][start:start + self.batch_size]
                 batch = torch.stack([pictures[e.image] for _, e in chunk])
                 pngs.update(self._exemplar_pngs(model, layer, concepts.vectors(layer), chunk, batch, normalisation))
+                done += len(chunk)
+            kept = (existing or {}).get(layer) or [[] for _ in range(lc.n_concepts)]
             layers[layer] = [[{"image": e.image, "image_name": data.names[e.image], "position": e.position,
-                               "coefficient": e.coefficient, **pngs.get((k, e), {})} for e in found[layer][k]]
-                             for k in range(lc.n_concepts)]
-        progress("exemplars", len(concepts.layers), len(concepts.layers))
-        return exemplars.write_bundle(layers)
+                               "coefficient": e.coefficient, **_pngs_of(kept[k], e), **pngs.get((k, e), {})}
+                              for e in found[layer][k]] for k in range(lc.n_concepts)]
+        progress("exemplars", total, total)
+        return layers
 
     def _exemplar_pngs(self, model, layer, vectors, rows, batch, normalisation) -> dict:
         """``{(concept, exemplar): {"thumbnail_png", "ierf_png"}}`` for a batch of exemplar rows."""
@@ -253,12 +329,49 @@ def _class_map(dataset_classes: list[str], model_classes: list[str]) -> list[int
     return [index[name] for name in dataset_classes]
 
 
-def _options(params: Mapping, defaults: Mapping) -> dict:
-    """``defaults`` overridden by ``params``; zero values (proto3 "unset") keep the default, except for ``lam`` and
-    ``seed``, where zero means zero."""
-    options = dict(defaults)
-    for key in defaults:
-        value = params.get(key)
-        if value not in (None, "", 0) or (key in ("lam", "seed") and value == 0):
-            options[key] = value
-    return options
+class _StageClock:
+    """Wall-clock seconds per stage of a job (``with clock("graph"): ...``), reported in its result."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+
+def most_relevant(graph: dict, n: int) -> dict[str, list[int]]:
+    """``{layer: [concept index]}``: the ``n`` most relevant concepts of every analysed layer of a graph dict,
+    ranked as the report ranks them (``ConceptGraph.overall_relevance``, ties in node order), so the concepts
+    rendered are the ones the report shows first."""
+    view = GraphView(graph)
+    relevance = view.overall_relevance()
+    shown = {}
+    for layer in view.concept_layers:
+        nodes = [node for node in view.layer_nodes(layer) if node.get("kind", "concept") == "concept"]
+        ranked = sorted(nodes, key=lambda node: -relevance.get(node["id"], 0.0))  # stable: node order on ties
+        shown[layer] = sorted(node["index"] for node in ranked[:n])
+    return shown
+
+
+def _top(score: torch.Tensor, n: int) -> list[int]:
+    """The indices of the ``n`` largest scores (NaN counts as 0), ascending."""
+    return sorted(torch.argsort(torch.nan_to_num(score, nan=0.0), descending=True, stable=True)[:n].tolist())
+
+
+def _pngs_of(exemplars_of_concept: list[dict], exemplar) -> dict:
+    """The PNGs a read bundle holds for ``exemplar`` (same image and position), if any."""
+    for old in exemplars_of_concept:
+        if (old["image"], old["position"]) == (exemplar.image, exemplar.position):
+            return {k: old[k] for k in exemplars.PNG_KEYS if k in old}
+    return {}
+
+
+def _options(params: Mapping, names) -> dict:
+    """The ``names`` that ``params`` holds (``None`` = absent): passed on to gig, whose keyword defaults fill in
+    the others."""
+    return {key: params[key] for key in names if params.get(key) is not None}

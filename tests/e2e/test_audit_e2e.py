@@ -152,11 +152,12 @@ def test_audit_end_to_end_with_an_api_restart_mid_job(api, redis_url, store):
         expected = direct_graph(api, store, "parts/first", layers, steps=4, top_t=2, method="riemann_middle")
         assert_same_graph(nodes, edges, expected)
 
-        # exemplars: PNG thumbnails and iERF maps of a concept that has some
+        # exemplars: PNG thumbnails and iERF maps of a concept the audit rendered (one the report shows)
         first_layer = layers[0]
-        node = max((n for n in nodes if n.layer == first_layer), key=lambda n: n.count)
+        rendered = next(layer.rendered_concepts for layer in result.concept_set.layers if layer.layer == first_layer)
+        assert rendered
         found = api.audits.GetConceptExemplars(audit_pb.GetConceptExemplarsRequest(
-            concept_set=result.concept_set.name, layer=first_layer, concept=node.index, max_exemplars=2))
+            concept_set=result.concept_set.name, layer=first_layer, concept=rendered[0], max_exemplars=2))
         assert 1 <= len(found.exemplars) <= 2
         assert all(e.thumbnail_png.startswith(b"\x89PNG") and e.ierf_png.startswith(b"\x89PNG")
                    for e in found.exemplars)

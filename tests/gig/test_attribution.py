@@ -1,4 +1,5 @@
-"""gig.attribution: completeness, agreement with Captum IG, an analytic case, batching invariance, validation."""
+"""gig.attribution: completeness, agreement with Captum IG, analytic cases (concept and contrastive class targets),
+batching invariance, the rule and convergence it reports, validation."""
 import copy
 
 import pytest
@@ -12,6 +13,7 @@ from gig.concepts import ConceptSet
 from gig.layers import LOGITS, traced
 from gig.pfv import from_pfvs, to_pfvs
 from gig.quadrature import RULES
+from gig.targets import DEFAULT_CLASS_TARGET, class_targets
 from models import has_hooks, small_vit, tiny_cnn
 
 
@@ -67,7 +69,7 @@ def test_relu_models_meet_their_reported_delta_and_it_falls_with_steps():
 def test_gauss_legendre_beats_riemann_at_equal_steps_on_smooth_models():
     model, concepts, x = tiny_cnn("softplus"), random_concepts(TINY), images(4)
     deltas = {}
-    for method in RULES:
+    for method in [m for m in RULES if m.startswith("riemann")] + ["gausslegendre"]:
         result = attribute(model, x, concepts, "block1", LOGITS, steps=4, method=method)
         deltas[method] = dataset_delta(result.attributions, result.target_difference)
     best_riemann = min(v for k, v in deltas.items() if k != "gausslegendre")
@@ -77,10 +79,34 @@ def test_gauss_legendre_beats_riemann_at_equal_steps_on_smooth_models():
 def test_auto_steps_double_until_the_tolerance_is_met():
     model, concepts, x = tiny_cnn("relu"), random_concepts(TINY), images(4)
     result = attribute(model, x, concepts, "block1", "block3", steps="auto", tolerance=3e-3)
-    assert result.steps in (32, 64, 128, 256, 512)
+    assert result.steps in (32, 64, 128, 256, 512) and result.converged is True
     assert dataset_delta(result.attributions, result.target_difference) <= 3e-3
     fixed = attribute(model, x, concepts, "block1", "block3", steps=result.steps // 2)
     assert dataset_delta(fixed.attributions, fixed.target_difference) > 3e-3  # it stopped at the first success
+    assert fixed.converged is None  # no tolerance was asked for
+
+
+def test_a_tolerance_that_512_steps_cannot_meet_warns_and_flags():
+    from gig.attribution import CompletenessWarning
+
+    model, concepts, x = tiny_cnn("relu"), random_concepts(TINY), images(2)
+    with pytest.warns(CompletenessWarning, match=r"block1->block3 did not converge.*512 steps.*tolerance 1e-09"):
+        result = attribute(model, x, concepts, "block1", "block3", top_t=2, steps=128, tolerance=1e-9)
+    assert result.converged is False and result.steps == 512
+    assert dataset_delta(result.attributions, result.target_difference) > 1e-9
+
+
+def test_default_rule_and_steps_are_reported():
+    model, concepts, x = tiny_cnn("gelu"), random_concepts(TINY), images(2)
+    result = attribute(model, x, concepts, "block1", "block2", top_t=2)
+    assert (result.method, result.steps) == ("gausslegendre", 16)  # no normalisation: the old default, unchanged
+    explicit = attribute(model, x, concepts, "block1", "block2", top_t=2, method="gausslegendre", steps=16)
+    assert torch.equal(result.attributions, explicit.attributions)
+    vit = small_vit()
+    x32 = images(2, 32)
+    vit_concepts = random_concepts({"encoder.layers.encoder_layer_2": 16})
+    on_vit = attribute(vit, x32, vit_concepts, "encoder.layers.encoder_layer_2", LOGITS)
+    assert (on_vit.method, on_vit.steps) == ("loglegendre", 32)
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -89,7 +115,8 @@ def test_identity_concepts_reduce_to_captum_integrated_gradients_on_the_segment(
     model, x = tiny_cnn("relu"), images()
     concepts = ConceptSet.from_vectors({"block2": torch.eye(8)}, lam=0.0)
     labels = torch.tensor([0, 3, 4])
-    result = attribute(model, x, concepts, "block2", LOGITS, labels=labels, steps=12, method=method)
+    result = attribute(model, x, concepts, "block2", LOGITS, labels=labels, steps=12, method=method,
+                       class_target="logit")  # Captum explains the logit itself
     segment = traced(model).segment("block2", LOGITS)
     source = activations(model, x, ["block2"])["block2"]
     captum = IntegratedGradients(segment).attribute(source, baselines=0.0, target=labels, n_steps=12, method=method)
@@ -147,6 +174,53 @@ def test_linear_segment_matches_the_closed_form():
             expected = (mask[:, None] * u[b]).sum(0) * ((v @ weight.T) @ v_hat[r])  # (K,)
             assert torch.allclose(result.attributions[b, :, t], expected, atol=1e-5)
     assert result.delta.max() < 1e-5  # exact: the integrand is constant
+
+
+def test_contrastive_class_target_matches_the_closed_form_on_a_linear_network():
+    """Linear segment ``F(X) = W · mean_p X_p + b``: GIG to ``logit_y − mean_{c≠y} logit_c`` is exact, equals the
+    same linear combination of the per-logit GIGs, and sums to the exact difference of the contrastive target."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 5)).eval()
+    concepts = random_concepts({"1": 4}, per_channel=1.5, lam=0.1)
+    x, labels = images(3, 8), torch.tensor([0, 2, 4])
+    result = attribute(model, x, concepts, "1", LOGITS, labels=labels, steps=2, class_target="contrastive",
+                       return_delta=True)
+    acts = activations(model, x, ["1"])
+    u = concepts.decompose("1", to_pfvs(acts["1"]))  # (B, P, K)
+    v, head = concepts.vectors("1"), model[4].weight  # (K, 4), (5, 4)
+    n_positions = u.shape[1]
+    for b, y in enumerate(labels.tolist()):
+        contrast = torch.full((5,), -1 / 4)
+        contrast[y] = 1.0
+        expected = u[b].sum(0) * (v @ (head.T @ contrast)) / n_positions  # (K,)
+        assert torch.allclose(result.attributions[b, :, 0], expected, atol=1e-5)
+        with torch.no_grad():
+            reconstruction = from_pfvs(u[b:b + 1] @ v, acts["1"][:1].shape)
+            exact = contrast @ (model[2:](reconstruction)[0] - model[2:](torch.zeros_like(reconstruction))[0])
+        assert float(result.target_difference[b, 0]) == pytest.approx(float(exact), abs=1e-5)
+    assert result.delta.max() < 1e-5  # completeness holds exactly
+    every = attribute(model, x, concepts, "1", LOGITS, steps=2, targets=torch.arange(5).expand(3, 5), class_target="logit")
+    others = (every.attributions.sum(2, keepdim=True) - every.attributions) / 4  # mean over c ≠ y
+    combined = (every.attributions - others).gather(2, labels.view(3, 1, 1).expand(-1, v.shape[0], 1))
+    assert torch.allclose(result.attributions, combined, atol=1e-5)
+    plain = attribute(model, x, concepts, "1", LOGITS, labels=labels, steps=2, class_target="logit")
+    assert not torch.allclose(plain.attributions, result.attributions, atol=1e-3)  # the option does something
+
+
+def test_class_target_weights():
+    logits = torch.randn(2, 4)
+    targets, contrast = class_targets(logits, labels=torch.tensor([1, 3]), class_target="contrastive")
+    assert DEFAULT_CLASS_TARGET == "contrastive" and torch.equal(contrast, class_targets(logits, labels=torch.tensor([1, 3]))[1])
+    assert torch.allclose(contrast.sum(2), torch.zeros(2, 1), atol=1e-7)  # a shift of every logit changes nothing
+    g = (contrast * logits.unsqueeze(1)).sum(2)[:, 0]
+    for b, y in enumerate(targets[:, 0].tolist()):
+        others = torch.cat([logits[b, :y], logits[b, y + 1:]])
+        assert float(g[b]) == pytest.approx(float(logits[b, y] - others.mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="needs at least 2 classes"):
+        class_targets(torch.randn(2, 1), class_target="contrastive")
+    with pytest.raises(ValueError, match="valid class targets are: logit, contrastive"):
+        class_targets(logits, class_target="margin")
 
 
 # ---------------------------------------------------------------------------------------------- invariances
@@ -316,6 +390,8 @@ def test_no_hooks_and_modes_restored_after_success_and_failure():
     (dict(target=LOGITS, mask="some"), "valid masks are: positive, all"),
     (dict(target=LOGITS, labels=torch.tensor([1])), r"labels must be a tensor of shape \(2,\)"),
     (dict(target=LOGITS, labels=torch.tensor([1, 5])), r"valid values are 0\.\.4"),
+    (dict(target=LOGITS, class_target="margin"), "valid class targets are: logit, contrastive"),
+    (dict(steps=None, tolerance="tight"), "tolerance must be a positive number"),
 ])
 def test_bad_input_raises_value_error(bad, match):
     args = dict(model=tiny_cnn("relu"), images=images(2), concepts=random_concepts(TINY), source="block1",

@@ -50,12 +50,13 @@ def test_registry_extends_by_decorator():
 
 
 def test_n_concepts_rule():
-    x = torch.randn(50, 4)
-    assert resolve_n_concepts(None, "a", 4, x) == 32  # 8 × C
-    assert resolve_n_concepts(None, "a", 16, x) == 50  # clipped to the distinct samples
-    assert resolve_n_concepts(7, "a", 4, x) == 7
-    assert resolve_n_concepts({"b": 3}, "a", 4, x) == 32 and resolve_n_concepts({"a": 3}, "a", 4, x) == 3
-    assert resolve_n_concepts(None, "a", 4, torch.ones(50, 4)) == 1
+    x = torch.randn(200, 4)
+    assert resolve_n_concepts(None, "a", 4, x) == (16, 16)  # the default
+    assert resolve_n_concepts("paper", "a", 4, x) == (32, 32)  # 8 × C
+    assert resolve_n_concepts("paper", "a", 16, x) == (128, 50)  # clipped: one concept per 4 distinct samples
+    assert resolve_n_concepts(7, "a", 4, x) == (7, 7)
+    assert resolve_n_concepts({"b": 3}, "a", 4, x) == (16, 16) and resolve_n_concepts({"a": 3}, "a", 4, x) == (3, 3)
+    assert resolve_n_concepts(None, "a", 4, torch.ones(50, 4)) == (16, 1)
 
 
 @pytest.mark.parametrize("call", [
@@ -67,6 +68,7 @@ def test_n_concepts_rule():
     lambda: check_n_concepts(2.5, ["a"]),
     lambda: check_n_concepts({"zzz": 3}, ["a"]),
     lambda: check_n_concepts({"a": -1}, ["a"]),
+    lambda: check_n_concepts("papers", ["a"]),
 ])
 def test_bad_inputs(call):
     with pytest.raises(ValueError) as info:

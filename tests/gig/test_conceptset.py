@@ -161,3 +161,59 @@ def test_check_model():
         ConceptSet.from_vectors({"layer9": torch.randn(4, 6)}).check_model(net)
     with pytest.raises(ValueError, match="order"):
         ConceptSet.from_vectors({"body.3": torch.randn(4, 5), "body.1": torch.randn(4, 6)}).check_model(net)
+
+
+# ---------------------------------------------------------------------------------------------- naming and relative λ
+def test_assign_names_each_pfv_by_its_nearest_concept_vector():
+    cs = _set()
+    pfvs = torch.randn(3, 9, 4)
+    named = cs.assign("a", pfvs)
+    assert named.shape == (3, 9)
+    brute = torch.cdist(pfvs.reshape(-1, 4), cs.vectors("a")).argmin(1).reshape(3, 9)
+    assert torch.equal(named, brute)
+    # a concept vector itself is named by its own concept; a layer output (B, C, H, W) is read as PFVs
+    assert torch.equal(cs.assign("a", cs.vectors("a")), torch.arange(12))
+    activation = torch.randn(2, 4, 3, 5)
+    assert torch.equal(cs.assign("a", activation), cs.assign("a", activation.flatten(2).transpose(1, 2)))
+    with pytest.raises(ValueError, match="must have shape"):
+        cs.assign("a", torch.randn(5, 3))
+
+
+def test_relative_lam_gives_the_same_codes_at_any_activation_scale():
+    g = torch.Generator().manual_seed(1)
+    vectors = torch.randn(10, 6, generator=g).abs()
+    pfvs = torch.randn(50, 6, generator=g).abs()
+    codes = []
+    for scale in (1e-3, 1.0, 1e3):
+        cs = ConceptSet.from_vectors({"a": vectors * scale}, lam=0.1, nonneg=True, relative_lam=True, solver="lasso_cd")
+        assert cs.layer_lam("a") == pytest.approx(0.1 * cs.lam_scales["a"])
+        codes.append(cs.decompose("a", pfvs * scale))
+    torch.testing.assert_close(codes[0], codes[1], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(codes[2], codes[1], atol=1e-4, rtol=1e-3)
+    assert 0 < (codes[1] != 0).float().mean() < 1  # sparse, not empty
+    absolute = ConceptSet.from_vectors({"a": vectors}, lam=0.1, nonneg=True)
+    assert absolute.lam_scales == {} and absolute.layer_lam("a") == 0.1
+
+
+def test_lam_scale_is_the_mean_lambda_max():
+    from gig.concepts.conceptset import lam_scale
+
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    pfvs = torch.tensor([[3.0, 0.0], [0.0, -1.0]])
+    assert lam_scale(pfvs, vectors) == pytest.approx((3.0 + 2.0) / 2)  # max_k |<v_k, x>| per row, then the mean
+    assert lam_scale(pfvs, vectors, nonneg=True) == pytest.approx((3.0 + 0.0) / 2)
+    # λ = λ_max zeroes that row's code
+    cs = ConceptSet.from_vectors({"a": vectors}, lam=3.0 + 1e-6, solver="lasso_cd")
+    assert (cs.decompose("a", pfvs[:1]) == 0).all()
+
+
+def test_relative_lam_survives_storage(tmp_path):
+    cs = ConceptSet.from_vectors({"a": torch.randn(6, 3)}, lam=0.2, relative_lam=True)
+    again = ConceptSet.from_bytes(cs.to_bytes())
+    assert again.lam_scales == cs.lam_scales and again.layer_lam("a") == cs.layer_lam("a")
+    cs.save(tmp_path / "s")
+    assert ConceptSet.load(tmp_path / "s").lam_scales == cs.lam_scales
+    with pytest.raises(ValueError, match="lam_scales"):
+        ConceptSet(cs.layers, lam=0.2, lam_scales={"zzz": 1.0})
+    with pytest.raises(ValueError, match="lam_scales"):
+        ConceptSet(cs.layers, lam=0.2, lam_scales={"a": 0.0})

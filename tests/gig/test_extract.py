@@ -79,10 +79,16 @@ def test_recovers_planted_directions(method):
 
 def test_deterministic_and_records_params(tmp_path):
     model, images = tiny_cnn("relu"), torch.randn(12, 3, 8, 8)
-    a = extract_concepts(model, [images], ["block2", "block1"], n_concepts={"block2": 6}, lam=0.05, seed=1)
-    b = extract_concepts(model, [images], ["block1", "block2"], n_concepts={"block2": 6}, lam=0.05, seed=1)
+    kwargs = {"n_concepts": {"block2": 6}, "lam": 0.05, "seed": 1, "pfvs_per_image": 1}
+    with pytest.warns(UserWarning, match="n_concepts clipped: block1: 16 concepts asked for"):
+        a = extract_concepts(model, [images], ["block2", "block1"], **kwargs)
+    with pytest.warns(UserWarning):
+        b = extract_concepts(model, [images], ["block1", "block2"], **kwargs)
     assert list(a.layers) == ["block1", "block2"]  # forward order
-    assert a.params["n_concepts"] == {"block1": 12, "block2": 6}  # 8 × C = 64 clipped to 12 distinct samples
+    # the default 16 is clipped to what 12 samples support (one concept per 4), with the clip recorded
+    assert a.params["n_concepts"] == {"block1": 3, "block2": 3}
+    assert a.params["n_concepts_requested"] == {"block1": 16, "block2": 6}
+    assert len(a.params["warnings"]) == 2
     assert a.params["n_samples"] == {"block1": 12, "block2": 12}
     for layer in a.layers:
         assert torch.equal(a.vectors(layer), b.vectors(layer))
@@ -105,8 +111,8 @@ def test_deterministic_and_records_params(tmp_path):
 def test_vit_tokens_are_pfvs():
     model, images = small_vit().eval(), torch.rand(6, 3, 32, 32)
     layer = "encoder.layers.encoder_layer_1"
-    cs = extract_concepts(model, [images[:3], images[3:]], [layer], n_concepts=8, pfvs_per_image=2, n_exemplars=3)
-    assert cs.vectors(layer).shape == (8, 16) and cs.params["n_samples"] == {layer: 12}
+    cs = extract_concepts(model, [images[:3], images[3:]], [layer], n_concepts=8, pfvs_per_image=6, n_exemplars=3)
+    assert cs.vectors(layer).shape == (8, 16) and cs.params["n_samples"] == {layer: 36}
     assert all(e.position < 17 for ex in cs.layers[layer].exemplars for e in ex)  # 16 patches + class token
 
 

@@ -103,6 +103,60 @@ def test_auto_steps_raise_the_steps_until_the_delta_meets_the_tolerance(setup, g
     assert auto["steps"] > 16 and auto["dataset_delta"] <= tolerance < fixed["dataset_delta"]
 
 
+def test_evidence_names_the_rule_and_params_record_the_class_target(graph):
+    for entry in graph.evidence["completeness"].values():
+        assert entry["method"] == "gausslegendre"  # PartsNet has no normalisation: method="auto" keeps GL
+        assert entry["converged"] is None and entry["tolerance"] is None
+    assert graph.params["class_target"] == "contrastive" and graph.params["method"] == "auto"
+    assert ConceptGraph.from_dict(json.loads(json.dumps(graph.to_dict()))).evidence == graph.evidence
+
+
+def test_contrastive_class_target_changes_only_the_class_edges(setup, graph):
+    contrastive, graph = graph, build(setup, class_target="logit")  # the default is contrastive
+    assert contrastive.params["class_target"] == "contrastive"
+    with pytest.raises(ValueError, match="different params"):
+        graph.merge(contrastive)
+    for e in graph.edges():
+        other = contrastive.edge(e["source"], e["target"])
+        if e["target"].startswith("logits:"):
+            continue
+        assert other["sum"] == pytest.approx(e["sum"], rel=1e-6, abs=1e-9)  # concept edges are unchanged
+    class_sums = [(e["sum"], contrastive.edge(e["source"], e["target"])["sum"]) for e in graph.edges()
+                  if e["target"].startswith("logits:")]
+    assert any(abs(a - b) > 1e-3 * max(abs(a), 1e-9) for a, b in class_sums)
+    assert contrastive.evidence["completeness"]["features.3->logits"]["dataset_delta"] < 0.05
+    model, batches, concepts = setup
+    images, labels = batches[0]
+    result = gig.attribute(model, images, concepts, "features.3", "logits", labels=labels, steps=8,
+                           class_target="contrastive")
+    first = build(setup, batches[:1], class_target="contrastive")
+    for c in labels.unique().tolist():
+        mine = result.attributions[labels == c, :, 0].double().sum(0)
+        for q in range(6):
+            stored = first._edges.get((f"features.3:{q}", f"logits:{c}"))
+            assert math.isclose(stored.sum if stored else 0.0, float(mine[q]), rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_merged_completeness_is_converged_only_where_every_part_was():
+    from gig.graph import completeness_entry, merge_evidence
+
+    def entry(converged, method="loglegendre", steps=32):
+        tolerance = None if converged is None else 1e-2
+        return completeness_entry(4, 0.1, 0.05, 0.2, 10.0, steps, method, converged, tolerance)
+
+    def merged(x, y):
+        return merge_evidence({"completeness": {"a->b": x}}, {"completeness": {"a->b": y}})["completeness"]["a->b"]
+
+    assert merged(entry(True), entry(False, steps=512))["converged"] is False
+    both = merged(entry(True), entry(True, steps=64))
+    assert both["converged"] is True and both["steps"] == 64 and both["count"] == 8 and both["tolerance"] == 1e-2
+    assert merged(entry(None), entry(None))["converged"] is None
+    assert merged(entry(None), entry(None))["tolerance"] is None
+    assert merged(entry(None), entry(None, "gausslegendre"))["method"] == "gausslegendre+loglegendre"
+    old = {k: v for k, v in entry(None).items() if k not in ("method", "converged", "tolerance")}  # older graphs
+    assert merged(old, old)["count"] == 8 and "method" not in merged(old, old)
+
+
 def test_shares_sum_to_one_in_absolute_value_per_target(graph):
     totals = {}
     for e in graph.edges():
@@ -240,6 +294,7 @@ def test_to_networkx(graph):
     ({"steps": 0}, "steps must be a positive integer"),
     ({"steps": "many"}, "steps must be a positive integer or 'auto'"),
     ({"steps": "auto", "tolerance": 0}, "tolerance must be a positive number"),
+    ({"class_target": "margin"}, "valid class targets are: logit, contrastive"),
     ({"top_t": 0}, "top_t must be a positive integer"),
     ({"start_index": -1}, "start_index"),
     ({"class_names": ["a", "b"]}, "2 class names given for 6 classes"),

@@ -34,7 +34,8 @@ def planted(parts_net):
     model, _ = parts_net
     images, labels, masks = make_parts_dataset(120, seed=7)
     batches = [(images[i:i + 40], labels[i:i + 40]) for i in range(0, 120, 40)]
-    concepts = extract_concepts(model, batches, LAYERS, n_concepts=K, pfvs_per_image=8, seed=0, **LASSO)
+    concepts = extract_concepts(model, batches, LAYERS, n_concepts=K, pfvs_per_image=8, seed=0, relative_lam=False,
+                                **LASSO)
     return model, batches, masks, concepts
 
 

@@ -1,10 +1,14 @@
-"""gig.quadrature: the rules integrate what they should, match Captum's nodes, and refuse bad input."""
+"""gig.quadrature: the rules integrate what they should, match Captum's nodes, the rule for scale-invariant
+segments is chosen where it belongs, and bad input is refused."""
 import numpy as np
 import pytest
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
+from torch import fx, nn
+from torch.nn import functional as F
 
-from gig.quadrature import RULES, quadrature, register
+from gig.quadrature import DEFAULT, LOG_FLOOR, RULES, choose_rule, default_steps, is_scale_invariant, quadrature, \
+    register
 
 
 @pytest.mark.parametrize("method", RULES)
@@ -69,3 +73,86 @@ def test_registered_rules_are_found_by_name():
         assert alphas.tolist() == [0.5] and weights.tolist() == [1.0]
     finally:
         del RULES["test_midpoint_once"]
+
+
+# ---------------------------------------------------------------------------------------------- loglegendre
+def _transition(scale):
+    """``G(α) = s / √(1 + s²)`` with ``s = α / scale`` (how a LayerNorm of ``α · x`` turns on) and ``G'``."""
+    def g(alpha):
+        s = alpha / scale
+        return s / np.sqrt(1 + s * s)
+
+    def derivative(alpha):
+        s = alpha / scale
+        return (1 + s * s) ** -1.5 / scale
+
+    return g, derivative
+
+
+@pytest.mark.parametrize("scale", [1e-7, 1e-5, 1e-3])
+def test_log_legendre_integrates_a_change_near_zero_that_gauss_legendre_misses(scale):
+    g, derivative = _transition(scale)
+    exact = g(1.0) - g(0.0)
+
+    def error(method, steps):
+        alphas, weights = (t.numpy() for t in quadrature(method, steps))
+        return abs(float((weights * derivative(alphas)).sum()) - exact) / exact
+
+    assert error("loglegendre", 32) < 3e-3  # measured 3e-4 .. 1.6e-3
+    assert error("loglegendre", 64) < 1e-5  # spectral: doubling the steps gains orders of magnitude
+    assert error("gausslegendre", 32) > 0.1
+
+
+def test_log_legendre_is_exact_for_constants_and_grades_its_nodes_towards_zero():
+    alphas, weights = quadrature("loglegendre", 32)
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-14)
+    assert float(alphas[0]) == pytest.approx(LOG_FLOOR / 2) and float(weights[0]) == pytest.approx(LOG_FLOOR)
+    log_alphas = torch.log10(alphas[1:])
+    for decade in range(-9, 0):  # every decade from 1e-9 to 1 holds at least two nodes
+        assert int(((log_alphas >= decade) & (log_alphas < decade + 1)).sum()) >= 2
+    gl_alphas, _ = quadrature("gausslegendre", 32)
+    assert float(gl_alphas.min()) > 1e-3
+
+
+class _Block(nn.Module):
+    def __init__(self, norm: str):
+        super().__init__()
+        self.linear, self.norm = nn.Linear(4, 4), norm
+        self.layer_norm, self.group_norm = nn.LayerNorm(4), nn.GroupNorm(2, 4)
+
+    def forward(self, x):
+        x = self.linear(x)
+        if self.norm == "module":
+            return self.layer_norm(x)
+        if self.norm == "group":
+            return self.group_norm(x.unsqueeze(-1)).squeeze(-1)
+        if self.norm == "function":
+            return F.layer_norm(x, (4,))
+        if self.norm == "normalize":
+            return F.normalize(x, dim=-1)
+        return torch.relu(x)
+
+
+@pytest.mark.parametrize("norm, invariant", [("module", True), ("group", True), ("function", True),
+                                             ("normalize", True), ("none", False)])
+def test_auto_picks_loglegendre_exactly_where_a_normalisation_is(norm, invariant):
+    segment = fx.symbolic_trace(_Block(norm))
+    assert is_scale_invariant(segment) is invariant
+    assert choose_rule(DEFAULT, segment) == ("loglegendre" if invariant else "gausslegendre")
+    assert choose_rule("riemann_left", segment) == "riemann_left"
+
+
+def test_default_steps_per_rule():
+    assert default_steps("gausslegendre") == 16 and default_steps("loglegendre") == 32
+    assert default_steps("riemann_middle") == 16
+
+
+def test_auto_and_bad_loglegendre_input_raise_value_errors():
+    with pytest.raises(ValueError, match="resolve it with choose_rule"):
+        quadrature("auto", 8)
+    with pytest.raises(ValueError, match="loglegendre needs at least 2 steps"):
+        quadrature("loglegendre", 1)
+    with pytest.raises(ValueError, match="needs a torch.fx GraphModule segment, not Linear"):
+        choose_rule("auto", nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"unknown quadrature method 'simpson'.*loglegendre or 'auto'"):
+        choose_rule("simpson", fx.symbolic_trace(_Block("none")))

@@ -4,9 +4,11 @@ The handlers' stored artifacts must equal what the gig core gives when called di
 """
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -20,11 +22,13 @@ from PIL import Image
 import gig
 from gig.concepts import ConceptSet
 from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset, parts_archive
+from gigaudit.report import build_report
 from gigaudit_server import exemplars
 from gigaudit_server.datasets import inspect_archive, load_images
 from gigaudit_server.jobs import JobCancelled, JobQueue, JobState
 from gigaudit_server.storage import ArtifactStore
-from gigaudit_server.tasks import Tasks, shard_bounds
+from gigaudit_server import tasks as tasks_module
+from gigaudit_server.tasks import Tasks, most_relevant, shard_bounds
 from gigaudit_server.worker import Worker
 
 N_IMAGES, BATCH = 12, 5
@@ -145,19 +149,62 @@ def test_extract_concepts_stores_what_gig_gives(world, queue):
     job = queue.get(ctx.job.id)
     assert job.stage and job.done == job.total  # progress went through the job
 
+    # exemplars: PNGs for the 3 concepts of largest frequency x mean coefficient, references for every concept
     bundle = world["store"].read("exemplars", result["exemplars_sha"])
-    frequent = int(torch.argmax(direct.layers["features.3"].frequency))
-    shown = exemplars.read_exemplars(bundle, "features.3", frequent)
-    assert [(e["image"], e["position"]) for e in shown] == \
-        [(e.image, e.position) for e in direct.layers["features.3"].exemplars[frequent]]
-    assert shown[0]["image_name"] == world["names"][shown[0]["image"]]
-    for e in shown:
-        thumbnail, overlay = Image.open(io.BytesIO(e["thumbnail_png"])), Image.open(io.BytesIO(e["ierf_png"]))
-        assert max(thumbnail.size) == 96 and overlay.size == (96, 96)
+    layer = direct.layers["features.3"]
+    score = (layer.frequency * layer.mean_coefficient).tolist()
+    rendered = result["rendered_concepts"]["features.3"]
+    assert len(rendered) == 3 and min(score[k] for k in rendered) >= max(
+        score[k] for k in range(6) if k not in rendered)
+    assert result["rendered_concepts"] == exemplars.rendered_concepts(bundle)
+    for k in range(6):
+        shown = exemplars.read_exemplars(bundle, "features.3", k)
+        assert [(e["image"], e["position"]) for e in shown] == [(e.image, e.position) for e in layer.exemplars[k]]
+        assert all(e["rendered"] == (k in rendered) for e in shown)
+        if shown:
+            assert shown[0]["image_name"] == world["names"][shown[0]["image"]]
+        for e in shown if k in rendered else []:
+            thumbnail, overlay = Image.open(io.BytesIO(e["thumbnail_png"])), Image.open(io.BytesIO(e["ierf_png"]))
+            assert max(thumbnail.size) == 96 and overlay.size == (96, 96)
+        assert all(e["thumbnail_png"] == e["ierf_png"] == b"" for e in shown if k not in rendered)
     with pytest.raises(ValueError, match="layers: features.1, features.2, features.3"):
         exemplars.read_exemplars(bundle, "features.0", 0)
     with pytest.raises(ValueError, match="out of range"):
         exemplars.read_exemplars(bundle, "features.3", 6)
+
+
+def test_params_without_options_take_gigs_defaults(world, queue):
+    """No option in the params: nothing is restated by the worker, gig's keyword defaults apply."""
+    assert tasks_module.EXTRACT_DEFAULTS == {k: inspect.signature(gig.extract_concepts).parameters[k].default
+                                             for k in tasks_module.EXTRACT_OPTIONS}
+    queue.submit("extract_concepts", {"model": world["model"], "dataset": world["dataset"], "layers": LAYERS[-1:],
+                                      "concept_set": "plain"})
+    result = world["tasks"].extract_concepts(claim(queue))
+    stored = ConceptSet.from_bytes(world["store"].read("concepts", result["concept_set_sha"]))
+    direct = gig.extract_concepts(world["net"], world["batches"], LAYERS[-1:], n_exemplars=2)
+    assert torch.equal(stored.vectors("features.3"), direct.vectors("features.3"))
+    assert (stored.method, stored.lam) == (direct.method, direct.lam)
+    defaults = tasks_module.EXTRACT_DEFAULTS
+    assert result["options"] == {"method": defaults["method"], "lam": defaults["lam"], "sampling":
+                                 defaults["sampling"], "pfvs_per_image": defaults["pfvs_per_image"],
+                                 "seed": defaults["seed"]}
+    concepts_sha = world["store"].put_bytes("concepts", direct.to_bytes())
+    queue.submit("build_graph", {"model": world["model"], "dataset": world["dataset"], "layers": LAYERS[-1:],
+                                 "concept_set_sha": concepts_sha})
+    stored_graph = json.loads(world["store"].read("graphs", world["tasks"].build_graph(claim(queue))["graph_sha"]))
+    direct_graph = gig.build_graph(world["net"], world["batches"], direct, layers=LAYERS[-1:],
+                                   class_names=world["model"]["class_names"]).to_dict()
+    assert {k: stored_graph["params"][k] for k in tasks_module.GRAPH_OPTIONS} == tasks_module.GRAPH_DEFAULTS
+    assert_graphs_equal(stored_graph, json.loads(json.dumps(direct_graph)))
+
+
+def test_params_that_are_set_go_through_unchanged(world, queue):
+    """Values the caller set reach gig as they are, zeros included: gig's validation answers, not a default."""
+    queue.submit("build_graph", graph_params(world, steps=0))
+    Worker(queue, world["tasks"].handlers()).run_one(block_ms=200)
+    failed = queue.list(page_size=1)[0][0]
+    assert failed.state is JobState.FAILED and failed.error["code"] == "INVALID_ARGUMENT"
+    assert "steps" in failed.error["message"]
 
 
 def test_build_graph_stores_what_gig_gives(world, queue):
@@ -215,6 +262,62 @@ def test_audit_runs_extraction_graph_and_evaluation(world, queue):
     assert 0 <= evidence["reconstruction"]["features.3"]["spliced_top1"] <= 1  # added by gig.evaluate
     assert set(evidence["fidelity"]) == {"features.2->features.3", "features.3->logits"}
     assert "deletion" not in evidence  # only the metrics asked for
+    assert set(result["seconds"]) == {"extract", "graph", "exemplars", "evaluate"}
+
+    # the exemplars rendered are those of the concepts the report shows first: its ranking, read from its page
+    html = build_report(graph, nodes_per_layer=3)
+    payload = json.loads(re.search(r'id="report-data">(.*?)</script>', html, re.S).group(1))
+    for layer in LAYERS[1:]:
+        nodes = [n for n in payload["nodes"] if n["layer"] == layer]
+        first = sorted(nodes, key=lambda n: -n["relevance"])[:3]  # report.js: stable sort by relevance
+        assert result["rendered_concepts"][layer] == sorted(int(n["id"].split(":")[1]) for n in first)
+    assert result["rendered_concepts"] == most_relevant(graph, 3)
+    bundle = world["store"].read("exemplars", result["exemplars_sha"])
+    assert exemplars.rendered_concepts(bundle) == result["rendered_concepts"]
+
+
+def test_render_exemplars_adds_the_missing_concepts_and_keeps_the_rest(world, queue):
+    queue.submit("extract_concepts", {"model": world["model"], "dataset": world["dataset"], "layers": LAYERS,
+                                      **EXTRACT, "concept_set": "cs"})
+    made = world["tasks"].extract_concepts(claim(queue))
+    before = world["store"].read("exemplars", made["exemplars_sha"])
+    had = made["rendered_concepts"]["features.2"]
+    wanted = [k for k in range(6) if k not in had][:2] + had[:1]
+    queue.submit("render_exemplars", {"model": world["model"], "dataset": world["dataset"],
+                                      "concept_set": "cs", "concept_set_sha": made["concept_set_sha"],
+                                      "exemplars_sha": made["exemplars_sha"], "layer": "features.2",
+                                      "concepts": wanted})
+    result = world["tasks"].render_exemplars(claim(queue))
+    after = world["store"].read("exemplars", result["exemplars_sha"])
+    rendered = exemplars.rendered_concepts(after)
+    assert rendered["features.2"] == sorted({*had, *wanted}) and result["rendered_concepts"] == rendered
+    assert {k: v for k, v in rendered.items() if k != "features.2"} == \
+        {k: v for k, v in made["rendered_concepts"].items() if k != "features.2"}
+    for k in range(6):  # references unchanged; PNGs rendered before are kept byte for byte
+        old, new = (exemplars.read_exemplars(b, "features.2", k) for b in (before, after))
+        assert [(e["image"], e["position"], e["coefficient"]) for e in old] == \
+            [(e["image"], e["position"], e["coefficient"]) for e in new]
+        if k in had:
+            assert old == new
+    # the same PNGs as the rendering of an extraction (same iERF code path)
+    fresh = Tasks(world["store"], "cpu", batch_size=BATCH, n_exemplars=2, exemplar_concepts=6)
+    queue.submit("extract_concepts", {"model": world["model"], "dataset": world["dataset"], "layers": LAYERS,
+                                      **EXTRACT, "concept_set": "all"})
+    everything = world["store"].read("exemplars", fresh.extract_concepts(claim(queue))["exemplars_sha"])
+    for k in wanted:
+        assert exemplars.read_exemplars(after, "features.2", k) == exemplars.read_exemplars(everything, "features.2", k)
+    # nothing missing: no rendering, the same bundle
+    queue.submit("render_exemplars", {"model": world["model"], "dataset": world["dataset"], "concept_set": "cs",
+                                      "concept_set_sha": made["concept_set_sha"],
+                                      "exemplars_sha": result["exemplars_sha"], "layer": "features.2",
+                                      "concepts": wanted})
+    assert world["tasks"].render_exemplars(claim(queue))["exemplars_sha"] == result["exemplars_sha"]
+    queue.submit("render_exemplars", {"model": world["model"], "dataset": world["dataset"], "concept_set": "cs",
+                                      "concept_set_sha": made["concept_set_sha"],
+                                      "exemplars_sha": result["exemplars_sha"], "layer": "features.2",
+                                      "concepts": [6]})
+    with pytest.raises(ValueError, match=r"concepts must lie in 0\.\.5"):
+        world["tasks"].render_exemplars(claim(queue))
 
 
 def test_remote_store_datasets_are_read_through_a_temporary_copy(world):
@@ -258,3 +361,37 @@ def test_worker_process_runs_jobs_and_stops_on_sigterm(world, queue, redis_url):
         worker.send_signal(signal.SIGTERM)
         output = worker.communicate(timeout=30)[0]
     assert worker.returncode == 0, output
+
+
+def test_the_api_passes_on_only_the_options_a_caller_set(redis_client, redis_url, tmp_path):
+    """The servicer adds no defaults of its own: unset (proto3 zero) options are absent from the job's params."""
+    import api_harness as h
+    from gigaudit.v1 import audit_service_pb2 as audit_pb
+    from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
+    from gigaudit_server.catalog import Catalog
+
+    store = f"file://{tmp_path}/store"
+    server = h.start_server(redis_url, store)
+    try:
+        backend = server.backend
+        Catalog(redis_client).create("models", "m", {
+            "name": "models/m", "architecture": "partsnet", "num_classes": 6, "class_names": [], "input_size": 32,
+            "mean": [0.0] * 3, "std": [1.0] * 3, "weights_sha256": "0" * 64, "default_layers": ["features.3"],
+            "layers": [{"name": "features.3", "is_cut": True, "reason": "", "type": "Sequential"}]})
+        Catalog(redis_client).create("datasets", "d", {"name": "datasets/d", "sha256": "1" * 64, "format": "tar",
+                                                       "n_images": 12, "class_names": []})
+        audits = audit_grpc.AuditServiceStub(h.channel(server))
+        plain = audits.Audit(audit_pb.AuditRequest(parent="models/m", audit_id="plain", dataset="datasets/d"))
+        chosen = audits.Audit(audit_pb.AuditRequest(
+            parent="models/m", audit_id="chosen", dataset="datasets/d", evaluation_images=3,
+            concept_options=audit_pb.ConceptOptions(lam=0.0, pfvs_per_image=2, method="kmeans"),
+            graph_options=audit_pb.GraphOptions(steps=8, path="activation")))
+        options = {*EXTRACT, *GRAPH, "clustering", "quadrature", "metrics", "evaluation_images"}
+        params = backend.queue.get(plain.name.split("/")[1]).params
+        assert not options & set(params), params
+        params = backend.queue.get(chosen.name.split("/")[1]).params
+        assert {k: params[k] for k in options & set(params)} == {
+            "lam": 0.0, "pfvs_per_image": 2, "clustering": "kmeans", "steps": 8, "path": "activation",
+            "evaluation_images": 3}
+    finally:
+        server.stop(0)

@@ -119,16 +119,18 @@ class AuditRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., audit_id: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., concept_options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., graph_options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., evaluation_images: _Optional[int] = ...) -> None: ...
 
 class LayerConcepts(_message.Message):
-    __slots__ = ("layer", "n_concepts", "relative_error", "l0")
+    __slots__ = ("layer", "n_concepts", "relative_error", "l0", "rendered_concepts")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     N_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     RELATIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
     L0_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_CONCEPTS_FIELD_NUMBER: _ClassVar[int]
     layer: str
     n_concepts: int
     relative_error: float
     l0: float
-    def __init__(self, layer: _Optional[str] = ..., n_concepts: _Optional[int] = ..., relative_error: _Optional[float] = ..., l0: _Optional[float] = ...) -> None: ...
+    rendered_concepts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, layer: _Optional[str] = ..., n_concepts: _Optional[int] = ..., relative_error: _Optional[float] = ..., l0: _Optional[float] = ..., rendered_concepts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ConceptSet(_message.Message):
     __slots__ = ("name", "dataset", "state", "operation", "layers", "options", "create_time")
@@ -298,26 +300,40 @@ class GetConceptExemplarsRequest(_message.Message):
     def __init__(self, concept_set: _Optional[str] = ..., layer: _Optional[str] = ..., concept: _Optional[int] = ..., max_exemplars: _Optional[int] = ...) -> None: ...
 
 class ConceptExemplar(_message.Message):
-    __slots__ = ("image", "image_name", "position", "coefficient", "thumbnail_png", "ierf_png")
+    __slots__ = ("image", "image_name", "position", "coefficient", "thumbnail_png", "ierf_png", "rendered")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     COEFFICIENT_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_PNG_FIELD_NUMBER: _ClassVar[int]
     IERF_PNG_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_FIELD_NUMBER: _ClassVar[int]
     image: int
     image_name: str
     position: int
     coefficient: float
     thumbnail_png: bytes
     ierf_png: bytes
-    def __init__(self, image: _Optional[int] = ..., image_name: _Optional[str] = ..., position: _Optional[int] = ..., coefficient: _Optional[float] = ..., thumbnail_png: _Optional[bytes] = ..., ierf_png: _Optional[bytes] = ...) -> None: ...
+    rendered: bool
+    def __init__(self, image: _Optional[int] = ..., image_name: _Optional[str] = ..., position: _Optional[int] = ..., coefficient: _Optional[float] = ..., thumbnail_png: _Optional[bytes] = ..., ierf_png: _Optional[bytes] = ..., rendered: _Optional[bool] = ...) -> None: ...
 
 class GetConceptExemplarsResponse(_message.Message):
     __slots__ = ("exemplars",)
     EXEMPLARS_FIELD_NUMBER: _ClassVar[int]
     exemplars: _containers.RepeatedCompositeFieldContainer[ConceptExemplar]
     def __init__(self, exemplars: _Optional[_Iterable[_Union[ConceptExemplar, _Mapping]]] = ...) -> None: ...
+
+class RenderExemplarsRequest(_message.Message):
+    __slots__ = ("concept_set", "layer", "concepts", "request_id")
+    CONCEPT_SET_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CONCEPTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    concept_set: str
+    layer: str
+    concepts: _containers.RepeatedScalarFieldContainer[int]
+    request_id: str
+    def __init__(self, concept_set: _Optional[str] = ..., layer: _Optional[str] = ..., concepts: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class WatchOperationRequest(_message.Message):
     __slots__ = ("name",)

@@ -66,6 +66,11 @@ class AuditServiceStub:
                 request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.GetConceptExemplarsRequest.SerializeToString,
                 response_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.GetConceptExemplarsResponse.FromString,
                 _registered_method=True)
+        self.RenderExemplars = channel.unary_unary(
+                '/gigaudit.v1.AuditService/RenderExemplars',
+                request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.RenderExemplarsRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
         self.WatchOperation = channel.unary_stream(
                 '/gigaudit.v1.AuditService/WatchOperation',
                 request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.WatchOperationRequest.SerializeToString,
@@ -112,7 +117,17 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetConceptExemplars(self, request, context):
-        """Top exemplars of one concept: PNG thumbnails and iERF maps.
+        """Top exemplars of one concept: references (image, position, coefficient) and, for the concepts that were
+        rendered, PNG thumbnails and iERF maps (`ConceptExemplar.rendered`). An audit renders the most relevant
+        concepts of every layer, an extraction the most frequent × strongest; `RenderExemplars` renders others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderExemplars(self, request, context):
+        """Renders the exemplar PNGs of chosen concepts of a concept set (a worker job); when it is done,
+        `GetConceptExemplars` serves them. Concepts rendered already are not rendered again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +172,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetConceptExemplars,
                     request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.GetConceptExemplarsRequest.FromString,
                     response_serializer=gigaudit_dot_v1_dot_audit__service__pb2.GetConceptExemplarsResponse.SerializeToString,
+            ),
+            'RenderExemplars': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderExemplars,
+                    request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.RenderExemplarsRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'WatchOperation': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchOperation,
@@ -327,6 +347,33 @@ class AuditService:
             '/gigaudit.v1.AuditService/GetConceptExemplars',
             gigaudit_dot_v1_dot_audit__service__pb2.GetConceptExemplarsRequest.SerializeToString,
             gigaudit_dot_v1_dot_audit__service__pb2.GetConceptExemplarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderExemplars(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AuditService/RenderExemplars',
+            gigaudit_dot_v1_dot_audit__service__pb2.RenderExemplarsRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

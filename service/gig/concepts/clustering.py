@@ -1,8 +1,12 @@
 """Clustering sampled PFVs into concept vectors, by name (DESIGN §1.2 step 2).
 
 A method is a function ``(pfvs (N, C), k, seed) -> centroids (k, C)`` registered with :func:`register`:
-``"bisecting_kmeans"`` (default, the paper's), ``"kmeans"`` and ``"nmf"`` (non-negative PFVs only; the atoms are
-NMF's components), all from scikit-learn and deterministic for a seed.
+``"kmeans"`` (default: the best of 4 k-means++ runs), ``"bisecting_kmeans"`` (the paper's) and ``"nmf"``
+(non-negative PFVs only; the atoms are NMF's components), all from scikit-learn and deterministic for a seed.
+
+The default was chosen by measurement on three planted datasets (``benchmarks/bench_concepts.py``; 26 layer ×
+sample-seed cases, 3 clustering seeds each, NMI to the planted parts relative to plain k-means): k-means with 4
+inits 1.01 on average (1 % of runs below 0.9), bisecting k-means 0.97 (6 % below 0.9).
 """
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ from sklearn.cluster import BisectingKMeans, KMeans
 from sklearn.decomposition import NMF
 
 CLUSTERINGS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {}
-DEFAULT = "bisecting_kmeans"
+DEFAULT = "kmeans"
+#: Concepts per layer when none is asked for (measured: ``benchmarks/bench_concepts.py``).
+DEFAULT_N_CONCEPTS = 16
+#: Distinct sampled PFVs per concept, at least: more concepts than this supports are clipped, with a warning.
+MIN_SAMPLES_PER_CONCEPT = 4
 
 
 def register(name: str):
@@ -49,11 +57,13 @@ def n_distinct(pfvs: torch.Tensor) -> int:
     return torch.unique(pfvs, dim=0).shape[0]
 
 
-def resolve_n_concepts(n_concepts, layer: str, channels: int, samples: torch.Tensor) -> int:
-    """``K`` of ``layer``: ``n_concepts`` (an int, a per-layer dict, or ``None`` = ``8 × C``, the paper's preset),
-    clipped to the number of distinct sampled PFVs (more centroids than distinct points cannot be told apart)."""
-    wanted = n_concepts.get(layer, 8 * channels) if isinstance(n_concepts, dict) else n_concepts or 8 * channels
-    return min(wanted, n_distinct(samples))
+def resolve_n_concepts(n_concepts, layer: str, channels: int, samples: torch.Tensor) -> tuple[int, int]:
+    """``(wanted, K)`` of ``layer``: ``n_concepts`` (an int, a per-layer dict, ``"paper"`` = ``8 × C``, the
+    paper's preset, or ``None`` = :data:`DEFAULT_N_CONCEPTS`), and ``K`` = that clipped to what the samples
+    support: one concept per :data:`MIN_SAMPLES_PER_CONCEPT` distinct sampled PFVs (at least one)."""
+    value = n_concepts.get(layer) if isinstance(n_concepts, dict) else n_concepts
+    wanted = 8 * channels if value == "paper" else value or DEFAULT_N_CONCEPTS
+    return wanted, min(wanted, max(1, n_distinct(samples) // MIN_SAMPLES_PER_CONCEPT))
 
 
 def check_n_concepts(n_concepts, layers: list[str]) -> None:
@@ -63,8 +73,11 @@ def check_n_concepts(n_concepts, layers: list[str]) -> None:
         if unknown:
             raise ValueError(f"n_concepts names layers {sorted(unknown)} that are not analysed: {', '.join(layers)}")
     for value in values:
+        if value == "paper":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"n_concepts must be None, a positive int or a {{layer: positive int}} dict, not {value!r}")
+            raise ValueError(f"n_concepts must be None, 'paper', a positive int or a {{layer: positive int}} dict, "
+                             f"not {value!r}")
 
 
 @register("bisecting_kmeans")
@@ -74,7 +87,7 @@ def bisecting_kmeans(data: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 @register("kmeans")
 def kmeans(data: np.ndarray, k: int, seed: int) -> np.ndarray:
-    return KMeans(n_clusters=k, n_init=1, random_state=seed).fit(data).cluster_centers_
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit(data).cluster_centers_
 
 
 @register("nmf")

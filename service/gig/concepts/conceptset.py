@@ -6,6 +6,7 @@ Stored without pickle: :meth:`ConceptSet.save` writes ``<path>.safetensors`` (te
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -64,7 +65,9 @@ class ConceptSet:
     """Concepts of several layers (in forward order) and the Lasso that decomposes PFVs into them.
 
     ``lam`` is the ℓ1 weight (``0`` = least squares), ``nonneg`` forces ``u ≥ 0``, ``solver`` the Lasso solver settings;
-    ``method`` and ``params`` record how the concepts were extracted.
+    ``method`` and ``params`` record how the concepts were extracted. ``lam_scales`` ``{layer: s}`` makes ``lam``
+    relative: layer ``a`` is decomposed with ``λ = lam · s_a`` (see :func:`lam_scale`); a layer without a scale
+    uses ``lam`` as it is (absolute).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class ConceptSet:
         solver: LassoSettings | None = None,
         method: str = "given",
         params: dict | None = None,
+        lam_scales: dict[str, float] | None = None,
     ):
         if not layers:
             raise ValueError("a concept set needs at least one layer")
@@ -87,11 +91,22 @@ class ConceptSet:
         self.solver = solver or LassoSettings()
         self.method = method
         self.params = dict(params or {})
+        self.lam_scales = {layer: float(scale) for layer, scale in (lam_scales or {}).items()}
+        unknown = set(self.lam_scales) - set(self.layers)
+        if unknown:
+            raise ValueError(f"lam_scales names layers {sorted(unknown)} that have no concepts")
+        if not all(math.isfinite(scale) and scale > 0 for scale in self.lam_scales.values()):
+            raise ValueError(f"lam_scales must be finite positive numbers, not {self.lam_scales}")
         self._dictionaries: dict[tuple, Dictionary] = {}
 
     @classmethod
-    def from_vectors(cls, vectors: dict[str, torch.Tensor], lam: float = 0.0, nonneg: bool = False, **solver):
-        """A concept set from given concept vectors ``{layer: (K, C)}``; ``solver`` overrides :class:`LassoSettings`."""
+    def from_vectors(cls, vectors: dict[str, torch.Tensor], lam: float = 0.0, nonneg: bool = False,
+                     relative_lam: bool = False, **solver):
+        """A concept set from given concept vectors ``{layer: (K, C)}``; ``solver`` overrides :class:`LassoSettings`.
+
+        ``lam`` is absolute unless ``relative_lam``: then each layer's scale is :func:`lam_scale` of its own
+        concept vectors (standing in for the PFVs they came from).
+        """
         if not isinstance(vectors, dict):
             raise ValueError(f"vectors must be a dict {{layer: (K, C) tensor}}, not {type(vectors).__name__}")
         try:
@@ -100,7 +115,8 @@ class ConceptSet:
             raise ValueError(f"unknown solver setting; valid: {', '.join(LassoSettings.__dataclass_fields__)}") from exc
         layers = {name: LayerConcepts(v.detach().clone() if isinstance(v, torch.Tensor) else v)
                   for name, v in vectors.items()}
-        return cls(layers, lam=lam, nonneg=nonneg, solver=settings)
+        scales = {name: lam_scale(lc.vectors, lc.vectors, nonneg) for name, lc in layers.items()} if relative_lam else None
+        return cls(layers, lam=lam, nonneg=nonneg, solver=settings, lam_scales=scales)
 
     # ------------------------------------------------------------------ decomposition
     def __getitem__(self, layer: str) -> LayerConcepts:
@@ -127,20 +143,46 @@ class ConceptSet:
         if not pfvs.is_floating_point() or not torch.isfinite(pfvs).all():
             raise ValueError("PFVs must be finite floating-point values")
 
+    def layer_lam(self, layer: str) -> float:
+        """The absolute ℓ1 weight ``λ`` that decomposes the PFVs of ``layer``."""
+        self[layer]
+        return self.lam * self.lam_scales.get(layer, 1.0)
+
+    @torch.no_grad()
+    def assign(self, layer: str, activations: torch.Tensor) -> torch.Tensor:
+        """The concept that names each PFV: the index ``(...)`` of the nearest concept vector (Euclidean), for
+        ``activations`` given as PFVs ``(..., C)`` or as a layer output (``(B, C, H, W)`` → ``(B, H·W)``).
+
+        Nearest-vector naming is the clustering's own rule, so a PFV is named by the cluster it would join; it
+        agreed better with planted parts than the largest Lasso coefficient (``benchmarks/bench_concepts.py``).
+        """
+        from gig.pfv import to_pfvs
+
+        channels = self[layer].channels
+        if isinstance(activations, torch.Tensor) and activations.dim() == 4 and activations.shape[1] == channels:
+            activations = to_pfvs(activations)
+        self._check_pfvs(layer, activations)
+        vectors = self.vectors(layer).to(activations.device, activations.dtype)
+        rows = activations.detach().reshape(-1, channels)
+        # ‖x − v‖² = ‖x‖² − 2⟨x, v⟩ + ‖v‖²; ‖x‖² is the same for every concept of a row
+        distance = vectors.square().sum(1) - 2 * rows @ vectors.T
+        return distance.argmin(1).reshape(activations.shape[:-1])
+
     @torch.no_grad()
     def decompose(self, layer: str, pfvs: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         """Coefficients ``(..., K)`` of ``pfvs`` ``(..., C)``; ``init`` ``(..., K)`` warm-starts the Lasso."""
         self._check_pfvs(layer, pfvs)
         dictionary = self._dictionary(layer, pfvs)
         rows = pfvs.detach().reshape(-1, pfvs.shape[-1])
-        if self.lam == 0:
+        lam = self.layer_lam(layer)
+        if lam == 0:
             coef = least_squares(rows, dictionary)
         else:
             if init is not None:
                 if tuple(init.shape) != tuple(pfvs.shape[:-1]) + (dictionary.atoms.shape[0],):
                     raise ValueError(f"init must have shape {tuple(pfvs.shape[:-1]) + (dictionary.atoms.shape[0],)}")
                 init = init.detach().reshape(rows.shape[0], -1).to(rows.dtype)
-            coef = lasso(rows, dictionary, self.lam, self.nonneg, self.solver, init)
+            coef = lasso(rows, dictionary, lam, self.nonneg, self.solver, init)
         return coef.reshape(*pfvs.shape[:-1], coef.shape[-1])
 
     def reconstruct(self, layer: str, coefficients: torch.Tensor) -> torch.Tensor:
@@ -199,6 +241,7 @@ class ConceptSet:
             "format": FORMAT,
             "layers": list(self.layers),
             "lam": self.lam,
+            "lam_scales": self.lam_scales,
             "nonneg": self.nonneg,
             "solver": asdict(self.solver),
             "method": self.method,
@@ -217,7 +260,8 @@ class ConceptSet:
                 stats = {stat: tensors.get(f"{name}/{stat}") for stat in _STATS}
                 layers[name] = LayerConcepts(tensors[f"{name}/vectors"], exemplars=exemplars, **stats)
             solver = LassoSettings(**header["solver"])
-            return cls(layers, header["lam"], header["nonneg"], solver, header["method"], header["params"])
+            return cls(layers, header["lam"], header["nonneg"], solver, header["method"], header["params"],
+                       header.get("lam_scales"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"corrupt concept set: missing or malformed {exc}") from exc
 
@@ -260,7 +304,19 @@ class ConceptSet:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{n}: {lc.n_concepts}×{lc.channels}" for n, lc in self.layers.items())
-        return f"ConceptSet({shapes}; lam={self.lam}, nonneg={self.nonneg}, method={self.method!r})"
+        kind = "relative" if self.lam_scales else "absolute"
+        return f"ConceptSet({shapes}; lam={self.lam} ({kind}), nonneg={self.nonneg}, method={self.method!r})"
+
+
+def lam_scale(pfvs: torch.Tensor, vectors: torch.Tensor, nonneg: bool = False) -> float:
+    """The scale of a layer that a relative ``lam`` multiplies: the mean over ``pfvs`` ``(N, C)`` of
+    ``λ_max(x) = max_k ⟨v_k, x⟩`` (``|⟨v_k, x⟩|`` unless ``nonneg``), the smallest λ at which the Lasso code of
+    ``x`` is all zero. So ``lam = 1`` zeroes a typical PFV's code, and one ``lam`` gives a similar sparsity on every
+    layer and model, whatever the scale of its activations."""
+    products = pfvs.detach().double().reshape(-1, pfvs.shape[-1]) @ vectors.detach().double().T
+    peak = (products if nonneg else products.abs()).amax(1).clamp_min(0)
+    scale = float(peak.mean())
+    return scale if scale > 0 else 1.0
 
 
 def check_lasso(lam, nonneg) -> None:

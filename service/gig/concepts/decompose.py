@@ -1,13 +1,16 @@
 """Decomposition of PFVs into concept coefficients: ``u = argmin ½‖x − Vᵀu‖² + λ‖u‖₁`` (optionally ``u ≥ 0``).
 
 Rows of ``x`` are independent problems, solved together. ``λ = 0`` is least squares (the minimum-norm solution
-when there are more atoms than channels). Otherwise one of two solvers of the same objective (scikit-learn's
+when there are more atoms than channels). Otherwise one of three solvers of the same objective (scikit-learn's
 ``sparse_encode(..., alpha=λ)``, which divides both terms by ``C`` inside ``Lasso``):
 
-- ``"fista"`` (default): batched torch FISTA on the precomputed Gram ``G = V Vᵀ`` with gradient-based momentum
-  restarts, run per row on a small working set of atoms (its support plus the worst violators of the optimality
-  condition), which keeps each iteration cheap and each sub-problem's step ``1/L`` large; rows leave the batch as
-  they converge. Any device.
+- ``"active_set"`` (default): batched active-set search (:mod:`.active_set`): each row grows a small set of atoms
+  from its residual's correlations and solves the sign-fixed sub-problem on it exactly by batched Cholesky, until
+  its duality gap is below ``tol``. Any device; on real (strongly correlated) concept sets it is several times
+  faster than scikit-learn's coordinate descent on the CPU.
+- ``"fista"``: batched torch FISTA on the precomputed Gram ``G = V Vᵀ`` with gradient-based momentum restarts, run
+  per row on a small working set of atoms (its support plus the worst violators of the optimality condition);
+  rows leave the batch as they converge. Any device; slow on correlated atoms (small steps ``1/L``).
 - ``"lasso_cd"``: scikit-learn's coordinate descent (``sparse_encode``, Gram precomputed), the CPU reference.
 """
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 from sklearn.decomposition import sparse_encode
 from sklearn.exceptions import ConvergenceWarning
 
+from gig.concepts import active_set as _active_set
+
 _CHECK_EVERY = 10  # FISTA iterations between convergence checks
 _MAX_ROUNDS = 20  # working-set rounds; each adds the worst violators, so few are needed
 _KKT_TOL = 1e-2  # a zero coefficient may exceed the threshold λ by this fraction of λ
@@ -33,17 +38,18 @@ def _default_chunk_rows(device: torch.device, k: int) -> int:
 _CPU_CHUNK_ROWS = 8192
 _ACCELERATOR_CHUNK_ELEMENTS = 1 << 25  # coefficients per chunk (128 MiB in float32 per (N, K) tensor)
 _SUB_GRAM_ELEMENTS = 1 << 25  # rows × size² per sub-problem batch (128 MiB in float32)
-SOLVERS = ("fista", "lasso_cd")
+_CPU_CHUNK_ELEMENTS = 1 << 22  # active set on the CPU: coefficients per chunk (16 MiB in float32 per (N, K) tensor)
+SOLVERS = ("active_set", "fista", "lasso_cd")
 
 
 @dataclass(frozen=True)
 class LassoSettings:
     """Solver settings stored with a concept set."""
 
-    solver: str = "fista"
-    max_iter: int = 1000
-    tol: float = 1e-5  # FISTA only (scikit-learn's lasso_cd uses its own)
-    chunk_rows: int | None = None  # FISTA only; None: 8192 rows on the CPU, about 2**25 coefficients elsewhere
+    solver: str = "active_set"
+    max_iter: int = 1000  # FISTA: iterations; active set: grow/solve rounds; lasso_cd: its max_iter
+    tol: float = 1e-5  # FISTA: relative change; active set: relative duality gap (lasso_cd uses its own)
+    chunk_rows: int | None = None  # FISTA and active set; None: a size that suits the device and K
     working_set: int = 32  # FISTA only: atoms per row iterated at once (grows when needed)
 
     def __post_init__(self):
@@ -111,8 +117,54 @@ def lasso(
     init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by the solver ``settings.solver`` names."""
-    solve = lasso_cd if settings.solver == "lasso_cd" else fista
+    solve = {"active_set": active_set, "fista": fista, "lasso_cd": lasso_cd}[settings.solver]
     return solve(x, dictionary, lam, nonneg, settings, init)
+
+
+def active_set(
+    x: torch.Tensor,
+    dictionary: Dictionary,
+    lam: float,
+    nonneg: bool = False,
+    settings: LassoSettings = LassoSettings(),
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched active-set search, chunked over rows.
+
+    Every row ends with a relative duality gap of at most ``settings.tol``, or with no atom violating the
+    optimality condition, or after ``settings.max_iter`` rounds. ``init`` ``(N, K)`` warm-starts the search (its
+    support is the first active set; negative entries are clipped when ``nonneg``).
+    """
+    k = dictionary.atoms.shape[0]
+    _check_problem(x, dictionary, lam, init)
+    gram = dictionary.gram if k <= _active_set.GRAM_ATOMS else None  # larger K: sub-blocks built from V
+    out = torch.empty(x.shape[0], k, dtype=x.dtype, device=x.device)
+    if x.device.type == "cpu":
+        default_chunk = min(_CPU_CHUNK_ROWS, max(64, _CPU_CHUNK_ELEMENTS // k))
+    else:
+        default_chunk = max(1, _ACCELERATOR_CHUNK_ELEMENTS // k)
+    chunk = settings.chunk_rows or default_chunk
+    atoms = dictionary.atoms.to(x.dtype)
+    gram = None if gram is None else gram.to(x.dtype)
+    for start in range(0, x.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        out[rows] = _active_set.solve(x[rows], atoms, gram, float(lam), nonneg, settings.tol, settings.max_iter,
+                                      None if init is None else init[rows])
+    return out
+
+
+def _check_problem(x: torch.Tensor, dictionary: Dictionary, lam: float, init: torch.Tensor | None) -> None:
+    k, c = dictionary.atoms.shape
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < float("inf"):
+        raise ValueError(f"lam must be a finite non-negative number, not {lam!r}")
+    if x.dim() != 2 or x.shape[1] != c:
+        raise ValueError(f"rows must have shape (N, {c}), not {tuple(x.shape)}")
+    if not x.is_floating_point() or not torch.isfinite(x).all():
+        raise ValueError("rows must be finite floating-point values")
+    if init is not None and tuple(init.shape) != (x.shape[0], k):
+        raise ValueError(f"init must have shape {(x.shape[0], k)}, not {tuple(init.shape)}")
+    if init is not None and not torch.isfinite(init).all():
+        raise ValueError("init must be finite")
 
 
 def lasso_cd(

@@ -7,32 +7,52 @@ Two streamed passes over ``data``; memory holds only the sampled PFVs and per-co
 2. each layer's samples are clustered into concept vectors;
 3. every PFV of every image is decomposed to count, per concept, the images where it has a positive coefficient
    (``frequency``), the mean of its positive coefficients (``mean_coefficient``) and its ``n_exemplars``
-   strongest images (bounded top-k; one position per image: where the coefficient is largest).
+   strongest images (bounded top-k over the PFVs that the concept names, :meth:`ConceptSet.assign`, ranked by
+   their coefficient of it; one position per image).
+
+The defaults (``n_concepts``, ``pfvs_per_image``, ``method``, ``lam`` and the naming rule) were chosen by measurement
+on three planted datasets and tested on a fourth (``benchmarks/bench_concepts.py``, ``tests/gig/test_defaults.py``).
 """
 from __future__ import annotations
 
 import torch
 
+import warnings
+
 from gig.concepts.clustering import DEFAULT, check_method, check_n_concepts, cluster, resolve_n_concepts
-from gig.concepts.conceptset import ConceptSet, Exemplar, LayerConcepts, check_lasso
+from gig.concepts.conceptset import ConceptSet, Exemplar, LayerConcepts, check_lasso, lam_scale
+from gig.concepts.decompose import LassoSettings
 from gig.concepts.sampling import check_sampling, position_weights, sample_positions
 from gig.data import check_reiterable, eval_mode, iter_batches, n_batches
 from gig.layers import LOGITS, traced
 from gig.pfv import to_pfvs
 
 
-def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_per_image=1,
-                     sampling="contribution", lam=0.1, nonneg=False, seed=0, device=None, progress=None,
-                     n_exemplars=8) -> ConceptSet:
+DEFAULT_PFVS_PER_IMAGE = 4
+DEFAULT_LAM = 0.02  # relative: λ = 0.02 · the layer's mean λ_max
+#: The paper's settings (one PFV per image, ``8 × C`` concepts, bisecting k-means), one option away:
+#: ``extract_concepts(model, data, layers, **PAPER_PRESET)``.
+PAPER_PRESET = {"n_concepts": "paper", "method": "bisecting_kmeans", "pfvs_per_image": 1}
+
+
+def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_per_image=DEFAULT_PFVS_PER_IMAGE,
+                     sampling="contribution", lam=DEFAULT_LAM, nonneg=False, seed=0, device=None, progress=None,
+                     n_exemplars=8, relative_lam=True, solver: LassoSettings | None = None) -> ConceptSet:
     """Concepts of ``layers`` of ``model`` on ``data`` (a re-iterable of images or ``(images, labels)`` that yields
     the same images in the same order on each pass: no shuffling; exemplars name images by that order).
 
-    ``n_concepts``: ``None`` (``8 × C`` per layer), an int, or ``{layer: int}`` (others keep the default); always
-    clipped to the number of distinct sampled PFVs. ``method``: a clustering name (:mod:`.clustering`);
-    ``sampling``: ``"contribution"``, ``"uniform"`` or ``"norm"``; ``lam``/``nonneg``: the Lasso of the set;
-    ``progress(stage, done, total)`` is called with stages ``"sample"``, ``"cluster"`` and ``"decompose"``.
-    The second pass also records, per layer, ``params["decomposition"][layer] = {"relative_error", "l0"}`` over
-    every PFV of ``data`` (``‖X − X̂‖/‖X‖`` and the fraction of non-zero coefficients).
+    ``n_concepts``: ``None`` (the default, :data:`gig.concepts.clustering.DEFAULT_N_CONCEPTS` per layer), ``"paper"``
+    (``8 × C``, the paper's preset), an int, or ``{layer: int}`` (others keep the default). It never exceeds what
+    the samples support (one concept per :data:`~gig.concepts.clustering.MIN_SAMPLES_PER_CONCEPT` distinct
+    sampled PFVs): a larger request is clipped with a warning, recorded in ``params["warnings"]`` and
+    ``params["n_concepts_requested"]``; sample more PFVs per image (``pfvs_per_image``) or images to avoid it.
+    ``method``: a clustering name (:mod:`.clustering`); ``sampling``: ``"contribution"``, ``"uniform"`` or
+    ``"norm"``; ``lam``/``nonneg``: the Lasso of the set, ``lam`` relative to each layer's scale
+    (:func:`~gig.concepts.conceptset.lam_scale` of the sampled PFVs) unless ``relative_lam=False``; ``solver``:
+    :class:`LassoSettings`; ``progress(stage, done, total)`` is called with stages ``"sample"``, ``"cluster"`` and
+    ``"decompose"``. The second pass also records, per layer, ``params["decomposition"][layer] =
+    {"relative_error", "l0"}`` over every PFV of ``data`` (``‖X − X̂‖/‖X‖`` and the fraction of non-zero
+    coefficients).
     """
     layers = traced(model).check_layers(layers)
     check_method(method)
@@ -45,24 +65,39 @@ def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_
         raise ValueError(f"n_exemplars must be a non-negative int, not {n_exemplars!r}")
     if not isinstance(seed, int):
         raise ValueError(f"seed must be an int, not {seed!r}")
+    if solver is not None and not isinstance(solver, LassoSettings):
+        raise ValueError(f"solver must be a LassoSettings, not {type(solver).__name__}")
     check_reiterable(data)
     device = _check_device(model, device)
     report = progress or (lambda stage, done, total: None)
 
     with eval_mode(model):
         samples, n_images = sample_pfvs(model, data, layers, sampling, pfvs_per_image, seed, device, report)
-        concepts = {}
+        concepts, requested, notes = {}, {}, []
         for i, layer in enumerate(layers):
             report("cluster", i, len(layers))
-            k = resolve_n_concepts(n_concepts, layer, samples[layer].shape[1], samples[layer])
+            wanted, k = resolve_n_concepts(n_concepts, layer, samples[layer].shape[1], samples[layer])
+            if k < wanted:
+                requested[layer] = wanted
+                notes.append(f"{layer}: {wanted} concepts asked for, but the {samples[layer].shape[0]} sampled PFVs "
+                             f"support {k}; sample more PFVs per image or more images")
             concepts[layer] = LayerConcepts(cluster(samples[layer], k, method, seed))
         report("cluster", len(layers), len(layers))
+        for note in notes:
+            warnings.warn(f"n_concepts clipped: {note}", stacklevel=2)
         params = {
             "n_concepts": {layer: lc.n_concepts for layer, lc in concepts.items()},
             "sampling": sampling, "pfvs_per_image": pfvs_per_image, "seed": seed, "n_images": n_images,
             "n_samples": {layer: s.shape[0] for layer, s in samples.items()},
+            "relative_lam": bool(relative_lam),
         }
-        result = ConceptSet(concepts, lam=lam, nonneg=nonneg, method=method, params=params)
+        if notes:
+            params["warnings"] = notes
+            params["n_concepts_requested"] = requested
+        scales = ({layer: lam_scale(samples[layer], lc.vectors, nonneg) for layer, lc in concepts.items()}
+                  if relative_lam else None)
+        result = ConceptSet(concepts, lam=lam, nonneg=nonneg, solver=solver, method=method, params=params,
+                            lam_scales=scales)
         result.params["decomposition"] = _fill_statistics(model, data, result, n_images, n_exemplars, device, report)
     return result
 
@@ -136,13 +171,15 @@ class _Accumulator:
         return {"relative_error": (self.error_sq / max(self.norm_sq, 1e-300)) ** 0.5,
                 "l0": self.nonzero / max(self.coefficients, 1)}
 
-    def add(self, coef: torch.Tensor, first_image: int) -> None:
-        """``coef`` ``(B, P, K)`` of images ``first_image, first_image + 1, …``."""
-        best, where = coef.max(dim=1)  # (B, K): each image's strongest position per concept
-        self.present += (best > 0).sum(0)
+    def add(self, coef: torch.Tensor, named: torch.Tensor, first_image: int) -> None:
+        """``coef`` ``(B, P, K)`` of images ``first_image, first_image + 1, …`` and the concept ``named`` ``(B, P)``
+        of each PFV; a concept's exemplar candidates are the PFVs it names, ranked by its coefficient."""
+        self.present += (coef.amax(dim=1) > 0).sum(0)
         self.positive_sum += coef.clamp_min(0).sum((0, 1)).double()
         self.positive_count += (coef > 0).sum((0, 1))
         if self.top_value.shape[1]:
+            own = torch.nn.functional.one_hot(named, coef.shape[2]).bool()
+            best, where = coef.masked_fill(~own, -torch.inf).max(dim=1)  # (B, K): strongest PFV named k per image
             images = torch.arange(first_image, first_image + coef.shape[0], device=coef.device)
             value = torch.cat([self.top_value, best.T.to(self.top_value.dtype)], 1)
             image = torch.cat([self.top_image, images.expand(coef.shape[2], -1)], 1)
@@ -173,7 +210,7 @@ def _fill_statistics(model, data, concepts: ConceptSet, n_images, n_exemplars, d
         for layer in layers:
             pfvs = to_pfvs(outputs[layer])
             coef = concepts.decompose(layer, pfvs)
-            stats[layer].add(coef, first)
+            stats[layer].add(coef, concepts.assign(layer, pfvs), first)
             stats[layer].add_reconstruction(pfvs, coef, concepts.reconstruct(layer, coef))
         first += batch.images.shape[0]
         report("decompose", done, total)

@@ -7,8 +7,10 @@ last one to ``"logits"`` (there the deletion curves are C-Del / C-Ins towards th
 
 Result (JSON-able; sections only for the metrics asked for)::
 
-    completeness:   {"a->b": {"dataset_delta", "delta_mean", "delta_max", "n_targets", "steps",
+    completeness:   {"a->b": {"dataset_delta", "delta_mean", "delta_max", "n_targets", "steps", "method",
                               "versus_steps": [{"steps", "dataset_delta", "delta_mean", "delta_max", "n_targets"}]}}
+                    ("method": the quadrature rule used for the pair; the graph's own entries also carry
+                    "converged" and "tolerance", see gig.build)
     reconstruction: {"layer": {"relative_error", "l0", "spliced_top1", "spliced_kl", "n_images"}}
     deletion:       {"a->b": {"readout", "orders": {name: {"deletion_auc", "insertion_auc", "deletion_curve",
                               "insertion_curve"}}, "gig_beats": {name: {"deletion", "insertion"}}, "n_rows",
@@ -42,28 +44,33 @@ from gig.evaluation.sanity import weight_randomization
 from gig.evaluation.stability import concept_stability, noise_stability
 from gig.layers import LOGITS
 from gig.quadrature import DEFAULT, check_method
+from gig.targets import DEFAULT_CLASS_TARGET, check_class_target
 
 METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity", "stability", "sanity")
 DEFAULT_METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity")
 
 
-def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_METRICS, steps=16, max_images=16,
+def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_METRICS, steps=None, max_images=16,
              seed=0, progress=None, *, method=DEFAULT, top_t=5, versus_steps=(8, 16, 32, 64), orders=tuple(ORDERS),
              n_points=10, targets_per_image=1, n_subsets=32, subset_fraction=0.2, noise_std=0.05, top_k=20,
-             max_batch_rows=None) -> dict:
+             max_batch_rows=None, class_target=DEFAULT_CLASS_TARGET) -> dict:
     """Evaluate ``concepts`` (and GIG on them) for ``model`` on the first ``max_images`` images of ``data``.
 
     ``metrics``: any of :data:`METRICS` (``stability`` re-extracts the concepts with seed + 1 over all of
     ``data``, which must then be re-iterable, and builds two graphs; ``sanity`` builds two graphs).
-    ``steps``/``method``: GIG quadrature; ``top_t``: targets per image for completeness and graphs;
-    ``versus_steps``: extra step counts for completeness; ``orders``/``n_points``/``targets_per_image``: deletion
-    curves; ``n_subsets``/``subset_fraction``: C-μFidelity; ``noise_std``/``top_k``: graph comparisons.
+    ``steps``/``method``: GIG quadrature (``steps=None``: the rule's default; ``method="auto"``: per pair,
+    ``loglegendre`` on scale-invariant segments, else ``gausslegendre``); ``class_target``: ``"logit"`` or
+    ``"contrastive"``, the target at the logits for completeness, deletion, fidelity and graphs; ``top_t``: targets
+    per image for completeness and graphs; ``versus_steps``: extra step counts for completeness;
+    ``orders``/``n_points``/``targets_per_image``: deletion curves; ``n_subsets``/``subset_fraction``: C-μFidelity;
+    ``noise_std``/``top_k``: graph comparisons.
     ``progress("evaluate", metrics_done, n_metrics)``. See the module docstring for the result.
     """
     metrics = _check_metrics(metrics)
     orders = check_orders(orders)
     check_method(method)
-    for name, value in (("steps", steps), ("max_images", max_images), ("top_t", top_t),
+    check_class_target(class_target)
+    for name, value in (("steps", 1 if steps is None else steps), ("max_images", max_images), ("top_t", top_t),
                         ("targets_per_image", targets_per_image)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -75,7 +82,8 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
     report = progress or (lambda stage, done, total: None)
     images, labels = _first_images(data, max_images, model)
     pairs = list(zip(layers, layers[1:] + [LOGITS]))
-    build = {"layers": layers, "steps": steps, "top_t": top_t, "method": method, "max_batch_rows": max_batch_rows}
+    build = {"layers": layers, "steps": steps, "top_t": top_t, "method": method, "max_batch_rows": max_batch_rows,
+             "class_target": class_target}
     results: dict = {"images": images.shape[0]}
     report("evaluate", 0, len(metrics))
     with eval_mode(model):
@@ -83,14 +91,16 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
         local_graph = None
         for done, metric in enumerate(metrics, 1):
             if metric == "completeness":
-                results[metric] = completeness(model, batch, pairs, steps, versus_steps, top_t, method, max_batch_rows)
+                results[metric] = completeness(model, batch, pairs, steps, versus_steps, top_t, method, max_batch_rows,
+                                               class_target)
             elif metric == "reconstruction":
                 results[metric] = reconstruction(model, batch)
             elif metric in ("deletion", "target_deletion", "fidelity"):
                 results[metric] = {}
                 for source, target in pairs:
                     problem = pair_problem(model, batch, source, target, targets_per_image, steps, method,
-                                           max_batch_rows, readout="target" if metric == "target_deletion" else None)
+                                           max_batch_rows, readout="target" if metric == "target_deletion" else None,
+                                           class_target=class_target)
                     if metric != "fidelity":
                         results[metric][f"{source}->{target}"] = {
                             "readout": problem.readout, **deletion_insertion(problem, orders, n_points, seed)}
@@ -154,7 +164,8 @@ def _seed_stability(model, data, concepts, layers, seed) -> dict:
     other = extract_concepts(model, data, layers, n_concepts=params.get("n_concepts"), method=concepts.method,
                              pfvs_per_image=params.get("pfvs_per_image", 1),
                              sampling=params.get("sampling", "contribution"), lam=concepts.lam,
-                             nonneg=concepts.nonneg, seed=params.get("seed", seed) + 1, n_exemplars=0)
+                             relative_lam=bool(concepts.lam_scales), nonneg=concepts.nonneg, solver=concepts.solver,
+                             seed=params.get("seed", seed) + 1, n_exemplars=0)
     return concept_stability(concepts, other)
 
 

@@ -22,6 +22,7 @@ from gig.attribution import class_targets, concept_targets, integrate
 from gig.layers import LOGITS, traced
 from gig.pfv import from_pfvs, to_pfvs
 from gig.quadrature import DEFAULT
+from gig.targets import DEFAULT_CLASS_TARGET
 
 READOUTS = ("projection", "probability", "target")
 # Default chunk: about this many elements of coefficients, segment input and output per chunk of rows.
@@ -71,7 +72,7 @@ class PairProblem:
     readout: str  # "projection" (on target_vectors), "probability" (of target_classes) or "target" (g itself)
     target_vectors: torch.Tensor | None = None  # (B, C_b) unit concept vectors of the targets
     target_classes: torch.Tensor | None = None  # (B,) classes
-    steps: int = 16
+    steps: int | None = None  # None: the rule's default
     method: str = DEFAULT
     max_batch_rows: int | None = None
     _cache: dict = field(default_factory=dict, repr=False)
@@ -144,14 +145,15 @@ class PairProblem:
 
 
 def pair_problem(model: nn.Module, batch: AnalysedBatch, source: str, target: str, targets_per_image: int = 1,
-                 steps: int = 16, method: str = DEFAULT, max_batch_rows: int | None = None,
-                 readout: str | None = None) -> PairProblem:
+                 steps: int | None = None, method: str = DEFAULT, max_batch_rows: int | None = None,
+                 readout: str | None = None, class_target: str = DEFAULT_CLASS_TARGET) -> PairProblem:
     """The :class:`PairProblem` of ``source → target`` (an analysed layer or ``"logits"``).
 
     Targets: each image's top ``targets_per_image`` concepts of ``target`` by total coefficient (rows repeat the
     image once per target), or at the logits the image's label, else its predicted class. ``readout``: what the
     deletion curves follow; default the paper's (``"projection"`` between layers, ``"probability"`` at the
-    logits); ``"target"``: the target function ``g`` that GIG attributes (masked projection sum, or the logit).
+    logits); ``"target"``: the target function ``g`` that GIG attributes (masked projection sum, or the class
+    target: the logit, or with ``class_target="contrastive"`` the logit minus the mean of the others).
     """
     if readout is not None and readout not in READOUTS:
         raise ValueError(f"unknown readout {readout!r}; valid readouts are: {', '.join(READOUTS)}")
@@ -159,7 +161,7 @@ def pair_problem(model: nn.Module, batch: AnalysedBatch, source: str, target: st
     segment = traced(model).segment(source, target)
     like_shape = batch.activations[source].shape
     if target == LOGITS:
-        classes, weights = class_targets(batch.logits, targets=batch.classes.unsqueeze(1))
+        classes, weights = class_targets(batch.logits, targets=batch.classes.unsqueeze(1), class_target=class_target)
         return PairProblem(segment, coefficients, batch.vectors[source], like_shape, weights[:, 0],
                            readout or "probability",
                            target_classes=classes[:, 0], steps=steps, method=method, max_batch_rows=max_batch_rows)

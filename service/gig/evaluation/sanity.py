@@ -33,7 +33,7 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return clone
 
 
-def weight_randomization(model: nn.Module, data, concepts, graph=None, layers=None, steps: int = 16,
+def weight_randomization(model: nn.Module, data, concepts, graph=None, layers=None, steps: int | None = None,
                          top_t: int = 5, top_k: int = 20, seed: int = 0, **build) -> dict:
     """Compare the graph of ``model`` on ``data`` (``graph`` when already built on exactly that data) with the
     graph of its randomised copy. Returns :func:`compare_graphs`' figures (``top_k_overlap``, ``rank_correlation``,

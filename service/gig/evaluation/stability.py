@@ -63,8 +63,13 @@ def compare_graphs(graph_a, graph_b, top_k: int = 20) -> dict:
     top_a, top_b = _top(a, k), _top(b, k)
     weights_a = np.array([a.get(e, 0.0) for e in union])
     weights_b = np.array([b.get(e, 0.0) for e in union])
-    constant = np.ptp(weights_a) == 0 or np.ptp(weights_b) == 0
-    correlation = None if constant or len(union) < 2 else float(spearmanr(weights_a, weights_b).statistic)
+    flat_a, flat_b = np.ptp(weights_a) == 0, np.ptp(weights_b) == 0
+    if len(union) < 2 or (flat_a and flat_b):
+        correlation = None  # no ranking on either side: nothing to compare
+    elif flat_a or flat_b:
+        correlation = 0.0  # one graph ranks its edges, the other ranks none (e.g. all its codes are zero)
+    else:
+        correlation = float(spearmanr(weights_a, weights_b).statistic)
     return {"top_k_overlap": len(top_a & top_b) / k, "rank_correlation": correlation, "top_k": k,
             "n_edges": len(union)}
 

@@ -1,4 +1,8 @@
-"""AuditService: concept extraction, concept graphs and audits as operations; their results; progress streams."""
+"""AuditService: concept extraction, concept graphs and audits as operations; their results; progress streams.
+
+Options are validated here (ranges) and passed on only when the caller set them (proto3 zero or unset: omitted),
+so the defaults of the ``gig`` core apply; the API states none of its own.
+"""
 from __future__ import annotations
 
 from gigaudit.v1 import audit_service_pb2 as audit_pb
@@ -10,6 +14,7 @@ from gigaudit_server.catalog import AlreadyExists
 MAX_CONCEPTS = 65_536
 MAX_STEPS = 1024
 MAX_SHARDS = 64
+MAX_RENDER_CONCEPTS = 1024
 _MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256")
 _DATASET_FIELDS = ("name", "sha256", "format", "n_images", "class_names", "uri")
 
@@ -50,7 +55,7 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
             raise errors.invalid_argument({"layers": f"not in the concept set: {', '.join(unknown)}; its layers: "
                                                      f"{', '.join(concept_set['layers'])}"})
         options = _graph_options(request.options, "options")
-        shards = options.pop("shard_count")
+        shards = options.pop("shard_count", 1)
         graph_name = f"{request.parent}/conceptGraphs/{graph_id}"
         params = {"model": _model_params(model), "dataset": dataset, "layers": layers, "concept_set": request.concept_set,
                   "concept_set_sha": concept_set["concept_set_sha"], "concept_graph": graph_name, **options}
@@ -69,18 +74,22 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         concept_options = _concept_options(request.concept_options, "concept_options")
         graph_options = _graph_options(request.graph_options, "graph_options")
         if request.evaluation_images < 0:
-            raise errors.invalid_argument({"evaluation_images": "must be >= 0 (0: 16)"})
-        if graph_options.pop("shard_count") > 1:
+            raise errors.invalid_argument({"evaluation_images": "must be >= 0 (0: gig's default)"})
+        if graph_options.pop("shard_count", 1) > 1:
             raise errors.invalid_argument({"graph_options.shard_count": "an audit runs unsharded; shard with "
                                                                          "BuildConceptGraph"})
         set_name = f"{request.parent}/conceptSets/{audit_id}"
         graph_name = f"{request.parent}/conceptGraphs/{audit_id}"
+        # one job runs both steps, so the two methods get names of their own
+        methods = {"clustering": concept_options.get("method"), "quadrature": graph_options.get("method")}
         params = {"model": _model_params(model), "dataset": dataset, "layers": layers, "concept_set": set_name,
-                  "concept_graph": graph_name, **concept_options, **graph_options, "metrics": list(request.metrics),
-                  "evaluation_images": request.evaluation_images,
-                  # one job runs both steps, so the two methods get names of their own
-                  "clustering": concept_options["method"], "quadrature": graph_options["method"]}
-        del params["method"]
+                  "concept_graph": graph_name, **concept_options, **graph_options,
+                  **{k: v for k, v in methods.items() if v}}
+        params.pop("method", None)
+        if request.metrics:
+            params["metrics"] = list(request.metrics)
+        if request.evaluation_images:
+            params["evaluation_images"] = request.evaluation_images
         created = [
             ("conceptSets", f"{model_id}/{audit_id}", {"name": set_name, "dataset": request.dataset, "layers": layers,
                                                        "options": concept_options}),
@@ -120,7 +129,40 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         found = exemplars.read_exemplars(bundle, request.layer, request.concept, request.max_exemplars)
         return audit_pb.GetConceptExemplarsResponse(exemplars=[audit_pb.ConceptExemplar(
             image=e["image"], image_name=e["image_name"], position=e["position"], coefficient=e["coefficient"],
-            thumbnail_png=e["thumbnail_png"], ierf_png=e["ierf_png"]) for e in found])
+            thumbnail_png=e["thumbnail_png"], ierf_png=e["ierf_png"], rendered=e["rendered"]) for e in found])
+
+    @errors.handle_errors
+    def RenderExemplars(self, request, context):
+        """Queue a ``render_exemplars`` job for the concepts whose PNGs the bundle lacks; once it succeeded,
+        reading the concept set (or its exemplars) merges its PNGs into the set's bundle."""
+        model_id, set_id = names.concept_set("concept_set", request.concept_set)
+        record = self._concept_set(model_id, set_id, request.concept_set)
+        if record["state"] != "ACTIVE" or not record.get("exemplars_sha"):
+            raise errors.failed_precondition(request.concept_set, f"the concept set is {record['state']} and has "
+                                                                  "no exemplars yet")
+        if request.layer not in record["layers"]:
+            raise errors.invalid_argument({"layer": f"{request.layer!r} is not a layer of the concept set; its "
+                                                    f"layers: {', '.join(record['layers'])}"})
+        n_concepts = int((record.get("layer_stats") or {}).get(request.layer, {}).get("n_concepts", MAX_CONCEPTS))
+        concepts = sorted(set(request.concepts))
+        if not concepts or len(concepts) > MAX_RENDER_CONCEPTS:
+            raise errors.invalid_argument({"concepts": f"name between 1 and {MAX_RENDER_CONCEPTS} concepts"})
+        if not 0 <= concepts[0] <= concepts[-1] < n_concepts:
+            raise errors.invalid_argument({"concepts": f"must lie in 0..{n_concepts - 1} for layer "
+                                                       f"{request.layer!r}"})
+        dataset_id = names.dataset("dataset", record["dataset"])
+        _, dataset = self._dataset(record["dataset"])
+        _, model = self._model(f"models/{model_id}")
+        params = {"model": _model_params(model), "dataset": dataset, "concept_set": request.concept_set,
+                  "concept_set_sha": record["concept_set_sha"], "exemplars_sha": record["exemplars_sha"],
+                  "layer": request.layer, "concepts": concepts}
+        job = self.backend.queue.submit("render_exemplars", params, request_id=(
+            f"RenderExemplars:{request.concept_set}:{request.request_id}" if request.request_id else None))
+        for collection, resource_id in (("models", model_id), ("datasets", dataset_id),
+                                        ("conceptSets", f"{model_id}/{set_id}")):
+            self.backend.catalog.add_user(collection, resource_id, job.id)
+        resources.add_render_operation(self.backend, model_id, set_id, job.id)
+        return operations.to_operation(self.backend, job)
 
     @errors.handle_errors
     def WatchOperation(self, request, context):
@@ -201,23 +243,26 @@ def _model_params(record: dict) -> dict:
 
 
 def _concept_options(options: audit_pb.ConceptOptions, field: str) -> dict:
+    """The options the caller set, range-checked; unset ones are left to gig's defaults."""
     if not 0 <= options.n_concepts <= MAX_CONCEPTS:
-        raise errors.invalid_argument({f"{field}.n_concepts": f"must be between 0 (default) and {MAX_CONCEPTS}"})
+        raise errors.invalid_argument({f"{field}.n_concepts": f"must be between 0 (gig's default) and {MAX_CONCEPTS}"})
     if not 0 <= options.pfvs_per_image <= 1024:
-        raise errors.invalid_argument({f"{field}.pfvs_per_image": "must be between 0 (default: 1) and 1024"})
+        raise errors.invalid_argument({f"{field}.pfvs_per_image": "must be between 0 (gig's default) and 1024"})
     if options.HasField("lam") and not options.lam >= 0:
         raise errors.invalid_argument({f"{field}.lam": "must be >= 0"})
-    return {"n_concepts": options.n_concepts or None, "method": options.method, "pfvs_per_image":
-            options.pfvs_per_image or 1, "sampling": options.sampling, "lam": options.lam if options.HasField("lam")
-            else 0.1, "seed": options.seed}
+    chosen = {"n_concepts": options.n_concepts, "method": options.method, "pfvs_per_image": options.pfvs_per_image,
+              "sampling": options.sampling, "seed": options.seed}
+    return {**{k: v for k, v in chosen.items() if v}, **({"lam": options.lam} if options.HasField("lam") else {})}
 
 
 def _graph_options(options: audit_pb.GraphOptions, field: str) -> dict:
+    """The options the caller set, range-checked; unset ones are left to gig's defaults (``shard_count``: 1)."""
     if not 0 <= options.steps <= MAX_STEPS:
-        raise errors.invalid_argument({f"{field}.steps": f"must be between 0 (default: 16) and {MAX_STEPS}"})
+        raise errors.invalid_argument({f"{field}.steps": f"must be between 0 (gig's default) and {MAX_STEPS}"})
     if not 0 <= options.top_t <= 1024:
-        raise errors.invalid_argument({f"{field}.top_t": "must be between 0 (default: 5) and 1024"})
+        raise errors.invalid_argument({f"{field}.top_t": "must be between 0 (gig's default) and 1024"})
     if not 0 <= options.shard_count <= MAX_SHARDS:
         raise errors.invalid_argument({f"{field}.shard_count": f"must be between 0 (default: 1) and {MAX_SHARDS}"})
-    return {"steps": options.steps or 16, "top_t": options.top_t or 5, "method": options.method,
-            "path": options.path, "shard_count": options.shard_count or 1}
+    chosen = {"steps": options.steps, "top_t": options.top_t, "method": options.method, "path": options.path,
+              "shard_count": options.shard_count}
+    return {k: v for k, v in chosen.items() if v}

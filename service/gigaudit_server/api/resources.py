@@ -2,18 +2,22 @@
 
 A concept set or graph is recorded as CREATING when its operation is submitted and settled (ACTIVE with the job's
 result, or FAILED) the first time it is read after the job finished, so no process has to stay up to register it.
+The same holds for a concept set's on-demand exemplar renderings: the first read after a ``render_exemplars`` job
+succeeded merges its PNGs into the set's exemplar bundle.
 """
 from __future__ import annotations
 
 import functools
 import json
 
+import redis
 from google.protobuf import empty_pb2, json_format, struct_pb2, timestamp_pb2
 
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit_server import catalog as catalog_lib
+from gigaudit_server import exemplars, keys
 from gigaudit_server.jobs import Job, JobState
 
 MAX_GRAPH_PAGE = 10_000
@@ -52,28 +56,97 @@ def dataset_message(record: dict) -> dataset_pb.Dataset:
 
 # ---------------------------------------------------------------------------------------------- concept sets
 def concept_set(backend, model_id: str, set_id: str) -> dict:
-    """The concept set's record, settled against its operation; ``KeyError`` when absent."""
+    """The concept set's record, settled against its operation and its finished exemplar renderings; ``KeyError``
+    when absent."""
     record = backend.catalog.get("conceptSets", f"{model_id}/{set_id}")
-    return _settle(backend, "conceptSets", f"{model_id}/{set_id}", record, _concept_set_result)
+    record = _settle(backend, "conceptSets", f"{model_id}/{set_id}", record, _concept_set_result)
+    return _settle_renderings(backend, f"{model_id}/{set_id}", record)
 
 
 def _concept_set_result(backend, result: dict) -> dict:
     stats = result.get("layers") or {
         layer: {k: v for k, v in values.items() if k in ("relative_error", "l0", "n_concepts")}
         for layer, values in (result.get("evidence") or {}).get("reconstruction", {}).items()}
-    return {"concept_set_sha": result["concept_set_sha"], "exemplars_sha": result.get("exemplars_sha"),
-            "layer_stats": stats}
+    settled = {"concept_set_sha": result["concept_set_sha"], "exemplars_sha": result.get("exemplars_sha"),
+               "layer_stats": stats, "rendered_concepts": result.get("rendered_concepts") or {}}
+    if result.get("options"):  # the options gig used, its defaults included
+        settled["used_options"] = result["options"]
+    return settled
+
+
+def add_render_operation(backend, model_id: str, set_id: str, job_id: str) -> dict:
+    """Record a ``render_exemplars`` job of a concept set (atomically; adding it twice changes nothing)."""
+    def add(record):
+        return {**record, "render_operations": sorted({*record.get("render_operations", []), job_id})}
+    return _modify(backend, "conceptSets", f"{model_id}/{set_id}", add)
+
+
+def _settle_renderings(backend, resource_id: str, record: dict) -> dict:
+    """Merge the PNGs of the concept set's finished ``render_exemplars`` jobs into its bundle, and forget them."""
+    finished = {}
+    for job_id in record.get("render_operations", []):
+        try:
+            job = backend.queue.get(job_id)
+        except KeyError:  # deleted before it was read: nothing to merge
+            finished[job_id] = None
+            continue
+        if job.finished:
+            finished[job_id] = job.result.get("exemplars_sha") if job.state is JobState.SUCCEEDED else None
+    if not finished:
+        return record
+
+    def merge(current):
+        pending = current.get("render_operations", [])
+        bundle = backend.store.read("exemplars", current["exemplars_sha"])
+        for job_id in pending:
+            if finished.get(job_id):
+                bundle = exemplars.merge_bundles(bundle, backend.store.read("exemplars", finished[job_id]))
+        return {**current, "exemplars_sha": backend.store.put_bytes("exemplars", bundle),
+                "rendered_concepts": exemplars.rendered_concepts(bundle),
+                "render_operations": [j for j in pending if j not in finished]}
+    return _modify(backend, "conceptSets", resource_id, merge)
+
+
+def _modify(backend, collection: str, resource_id: str, change) -> dict:
+    """Replace a record by ``change(record)``, atomically against concurrent writers (retried on conflict)."""
+    key = keys.resource(collection, resource_id)
+    with backend.catalog.redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hget(key, "record")
+                if raw is None:
+                    raise KeyError(f"{collection}/{resource_id}")
+                record = change(json.loads(raw))
+                pipe.multi()
+                pipe.hset(key, "record", json.dumps(record))
+                pipe.execute()
+                return record
+            except redis.WatchError:
+                continue
 
 
 def concept_set_message(record: dict) -> audit_pb.ConceptSet:
     message = audit_pb.ConceptSet(
         name=record["name"], dataset=record["dataset"], state=_STATES[record["state"]],
         operation=f"operations/{record['operation']}", create_time=timestamp(record["create_time"]),
-        options=json_format.ParseDict(record["options"], audit_pb.ConceptOptions()))
+        options=_options_message(record))
+    rendered = record.get("rendered_concepts") or {}
     for layer, stats in (record.get("layer_stats") or {}).items():
         message.layers.add(layer=layer, n_concepts=int(stats.get("n_concepts", 0)),
-                           relative_error=float(stats.get("relative_error", 0.0)), l0=float(stats.get("l0", 0.0)))
+                           relative_error=float(stats.get("relative_error", 0.0)), l0=float(stats.get("l0", 0.0)),
+                           rendered_concepts=rendered.get(layer, []))
     return message
+
+
+def _options_message(record: dict) -> audit_pb.ConceptOptions:
+    """The options gig used (its defaults filled in) once the set is made, else those the caller set."""
+    requested = json_format.ParseDict(record["options"], audit_pb.ConceptOptions())
+    try:
+        return json_format.ParseDict({**record["options"], **record.get("used_options", {})},
+                                     audit_pb.ConceptOptions(), ignore_unknown_fields=True)
+    except json_format.ParseError:  # a value the message cannot carry (e.g. a non-numeric default)
+        return requested
 
 
 # ---------------------------------------------------------------------------------------------- concept graphs
@@ -134,7 +207,7 @@ def _edge(edge: dict, message: audit_pb.ConceptEdge) -> None:
 def operation_response(backend, job: Job):
     """The typed response of a SUCCEEDED operation."""
     params = job.params
-    if job.kind == "extract_concepts":
+    if job.kind in ("extract_concepts", "render_exemplars"):
         return concept_set_message(concept_set(backend, *_ids(params["concept_set"])))
     if job.kind == "build_graph":
         return concept_graph_message(concept_graph(backend, *_ids(params["concept_graph"])))

@@ -102,11 +102,28 @@ def test_every_metric_is_json_and_updates_the_graph_evidence():
     ({"max_images": 0}, "max_images must be a positive integer"),
     ({"orders": ("gig", "saliency")}, "valid orders are"),
     ({"method": "simpson"}, "valid methods are"),
+    ({"class_target": "margin"}, "valid class targets are: logit, contrastive"),
+    ({"steps": 0}, "steps must be a positive integer"),
 ])
 def test_bad_arguments_are_value_errors(kwargs, message):
     model, concepts, data = _tiny_setup()
     with pytest.raises(ValueError, match=message):
         gig.evaluate(model, data, concepts, **kwargs)
+
+
+def test_class_target_reaches_every_metric_at_the_logits():
+    model, concepts, data = _tiny_setup()
+    metrics = ("completeness", "target_deletion", "sanity")
+    runs = {name: gig.evaluate(model, data, concepts, metrics=metrics, steps=4, max_images=5, top_t=2,
+                               versus_steps=(), n_points=4, top_k=5, class_target=name)
+            for name in ("logit", "contrastive")}
+    for name, result in runs.items():
+        assert result["completeness"]["block3->logits"]["method"] == "gausslegendre"
+        assert result["completeness"]["block3->logits"]["dataset_delta"] < 0.05, name
+    # the same pairs, other class targets: the logits pair differs, the concept pair does not
+    assert runs["logit"]["completeness"]["block2->block3"] == runs["contrastive"]["completeness"]["block2->block3"]
+    curves = [runs[n]["target_deletion"]["block3->logits"]["orders"]["gig"]["deletion_curve"] for n in runs]
+    assert curves[0] != curves[1]
 
 
 def test_bad_data_is_a_value_error():
