@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, run once on a lent device machine (python3 there has torch; captum and redis travel as wheels in
-# .whl/): the CUDA tests, GIG vs the naive Captum reference, the Lasso solvers, and the full ResNet-50 graph at
-# 224 px. Each result is a JSON file in $OUT.
+# .whl/): the CUDA tests, GIG vs the naive Captum reference, the Lasso solver on real concept sets, and the whole
+# default audit of a ResNet-50 at 224 px (1000 images, 8 × C concepts; goal ≤ 10 min with the decomposition no
+# costlier than GIG). Each result is a JSON file in $OUT. Sized for one 10-minute run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT"
@@ -14,6 +15,5 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 run() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"; echo "rc=$?"; tail -c 1500 "$OUT/$name.json"; tail -3 "$OUT/$name.err"; }
 echo "== cuda tests"; timeout 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/gig 2>&1 | tail -4 | tee "$OUT/tests.txt"
 run bench_gig_A 130 python3 benchmarks/bench_gig.py --config A --device cuda
-run bench_decompose 60 python3 benchmarks/bench_decompose.py --config full --device cuda --reference-rows 500
-run full_graph_64 130 python3 benchmarks/bench_full_graph.py --device cuda --size 224 --batch 32 --batches 2 --concepts 64 --max-batch-rows 256
-run full_graph_8x 130 python3 benchmarks/bench_full_graph.py --device cuda --size 224 --batch 16 --batches 1 --concepts 8x --max-batch-rows 256
+run bench_decompose 90 python3 benchmarks/bench_decompose.py --quick --device cuda --celer-rows 0
+run bench_audit_r50 300 python3 benchmarks/bench_audit.py --config resnet50 --device cuda --quiet

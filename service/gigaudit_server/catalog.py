@@ -56,6 +56,11 @@ class Catalog:
 
     def update(self, collection: str, resource_id: str, **fields) -> dict:
         """Merge ``fields`` into an existing record (atomic against concurrent updates); returns the new record."""
+        return self.modify(collection, resource_id, lambda record: {**record, **fields})
+
+    def modify(self, collection: str, resource_id: str, change) -> dict:
+        """Replace an existing record by ``change(record)``, atomically against concurrent writers (``change`` is
+        retried on a conflict, so any side effect must be idempotent); returns the new record."""
         key = self._key(collection, resource_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -64,7 +69,7 @@ class Catalog:
                     raw = pipe.hget(key, "record")
                     if raw is None:
                         raise KeyError(f"{collection}/{resource_id}")
-                    record = {**json.loads(raw), **fields}
+                    record = change(json.loads(raw))
                     pipe.multi()
                     pipe.hset(key, "record", json.dumps(record))
                     pipe.execute()

@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import json
 
-import redis
 from google.protobuf import empty_pb2, json_format, struct_pb2, timestamp_pb2
 
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit_server import catalog as catalog_lib
-from gigaudit_server import exemplars, keys
+from gigaudit_server import exemplars
 from gigaudit_server.jobs import Job, JobState
 
 MAX_GRAPH_PAGE = 10_000
@@ -78,7 +77,7 @@ def add_render_operation(backend, model_id: str, set_id: str, job_id: str) -> di
     """Record a ``render_exemplars`` job of a concept set (atomically; adding it twice changes nothing)."""
     def add(record):
         return {**record, "render_operations": sorted({*record.get("render_operations", []), job_id})}
-    return _modify(backend, "conceptSets", f"{model_id}/{set_id}", add)
+    return backend.catalog.modify("conceptSets", f"{model_id}/{set_id}", add)
 
 
 def _settle_renderings(backend, resource_id: str, record: dict) -> dict:
@@ -104,26 +103,7 @@ def _settle_renderings(backend, resource_id: str, record: dict) -> dict:
         return {**current, "exemplars_sha": backend.store.put_bytes("exemplars", bundle),
                 "rendered_concepts": exemplars.rendered_concepts(bundle),
                 "render_operations": [j for j in pending if j not in finished]}
-    return _modify(backend, "conceptSets", resource_id, merge)
-
-
-def _modify(backend, collection: str, resource_id: str, change) -> dict:
-    """Replace a record by ``change(record)``, atomically against concurrent writers (retried on conflict)."""
-    key = keys.resource(collection, resource_id)
-    with backend.catalog.redis.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)
-                raw = pipe.hget(key, "record")
-                if raw is None:
-                    raise KeyError(f"{collection}/{resource_id}")
-                record = change(json.loads(raw))
-                pipe.multi()
-                pipe.hset(key, "record", json.dumps(record))
-                pipe.execute()
-                return record
-            except redis.WatchError:
-                continue
+    return backend.catalog.modify("conceptSets", resource_id, merge)
 
 
 def concept_set_message(record: dict) -> audit_pb.ConceptSet:
