@@ -203,3 +203,16 @@ def test_bad_inputs(kwargs, match):
     args = {"model": _Residual(), "data": [torch.rand(2, 3, 4, 4)], "layers": ["stem"], **kwargs}
     with pytest.raises(ValueError, match=match):
         extract_concepts(**args)
+
+
+def test_takes_lasso_settings_and_records_them():
+    from gig.concepts import LassoSettings
+
+    model, images = tiny_cnn("relu"), torch.randn(16, 3, 8, 8)
+    settings = LassoSettings(solver="lasso_cd", max_iter=200)
+    cs = extract_concepts(model, [images], ["block2"], n_concepts=4, solver=settings, n_exemplars=0)
+    assert cs.solver == settings and ConceptSet.from_bytes(cs.to_bytes()).solver == settings
+    default = extract_concepts(model, [images], ["block2"], n_concepts=4, n_exemplars=0)
+    assert default.solver == LassoSettings() and default.solver.solver == "active_set"
+    with pytest.raises(ValueError, match="LassoSettings"):
+        extract_concepts(model, [images], ["block2"], n_concepts=4, solver="lasso_cd")
