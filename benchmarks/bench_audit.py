@@ -86,7 +86,7 @@ def calibrated_model(architecture: str, num_classes: int, images, seed: int):
 def report_exemplars(store, result: dict, max_exemplars: int) -> dict:
     """What the CLI hands to the report: ``{node id: [Exemplar]}`` of the rendered concepts."""
     from gigaudit.results import Exemplar
-    from gigaudit_server import exemplars
+    from gigaudit_server.storage import exemplars
 
     bundle = store.read("exemplars", result["exemplars_sha"])
     found = {}
@@ -121,10 +121,11 @@ def run(config: str, device: str, images: int | None, size: int | None, seed: in
     from gigaudit.client import _archive
     from gigaudit.report import write_report
     from gigaudit.results import ConceptGraph
-    from gigaudit_server.datasets import inspect_archive, load_images
-    from gigaudit_server.jobs import Job
-    from gigaudit_server.storage import ArtifactStore
-    from gigaudit_server.tasks import Tasks
+    from gigaudit_server.storage.archives import inspect_archive
+    from gigaudit_server.worker.images import load_images
+    from gigaudit_server.queue.jobs import Job
+    from gigaudit_server.storage.artifacts import ArtifactStore
+    from gigaudit_server.worker.tasks import Tasks
 
     spec = dict(CONFIGS[config])
     spec["images"] = images or spec["images"]
@@ -172,7 +173,7 @@ def run(config: str, device: str, images: int | None, size: int | None, seed: in
         if compare:  # the shown concepts against the former policy (the 64 most frequent of every layer) on the
             # same concept set and graph, interleaved twice in this process so that outside load weighs on both
             from gig.concepts import ConceptSet
-            from gigaudit_server.tasks import most_relevant
+            from gigaudit_server.worker.tasks import most_relevant
 
             concepts = ConceptSet.from_bytes(store.read("concepts", result["concept_set_sha"]))
             policies = {"shown": most_relevant(graph.data, tasks.exemplar_concepts),

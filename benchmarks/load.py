@@ -57,7 +57,7 @@ def main() -> None:
 
 
 def run(args) -> dict:
-    from gigaudit_server import auth
+    from gigaudit_server.api import auth
     from gigaudit_server.config import Settings
     from gigaudit_server.server import GigauditServer
 

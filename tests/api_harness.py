@@ -32,12 +32,12 @@ def start_worker(redis_url: str, store: str, name: str = "test-worker") -> tuple
     """A real worker (gig handlers) in a thread; set the event to stop it."""
     import redis
 
-    from gigaudit_server.architectures import list_architectures
-    from gigaudit_server.catalog import Catalog
-    from gigaudit_server.jobs import JobQueue
-    from gigaudit_server.storage import ArtifactStore
-    from gigaudit_server.tasks import Tasks
-    from gigaudit_server.worker import Worker
+    from gigaudit_server.worker.architectures import list_architectures
+    from gigaudit_server.storage.catalog import Catalog
+    from gigaudit_server.queue.jobs import JobQueue
+    from gigaudit_server.storage.artifacts import ArtifactStore
+    from gigaudit_server.worker.tasks import Tasks
+    from gigaudit_server.worker.loop import Worker
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     Catalog(client).publish_architectures(list_architectures())

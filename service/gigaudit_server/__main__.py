@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _worker(argv: list[str]) -> None:
-    from gigaudit_server import worker_main  # imports torch
+    from gigaudit_server.worker import main as worker_main  # imports torch
 
     worker_main.main(argv)
 

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     validate_timeout_s: float = Field(120.0, gt=0, description="how long UploadModel waits for validation")
     max_workers: int = Field(64, ge=1, description="threads serving RPCs (streams hold one each)")
     health_interval_s: float = Field(2.0, gt=0, description="how often worker heartbeats are checked")
-    # Security and limits (gigaudit_server.auth, .tls, .limits, .probes)
+    # Security and limits (gigaudit_server.api.auth, .tls, .limits, .probes)
     health_port: int | None = Field(None, ge=0, le=65535, description="plaintext port serving only health checks")
     tls_cert_file: str | None = Field(None, description="PEM certificate chain; with tls_key_file: TLS on the API port")
     tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")

@@ -11,7 +11,7 @@ def _key(*parts: str) -> str:
     return ":".join((PREFIX, *parts))
 
 
-# --- jobs (gigaudit_server.jobs) ---------------------------------------------------------------
+# --- jobs (gigaudit_server.queue.jobs) ---------------------------------------------------------------
 def job(job_id: str) -> str:
     """Hash: state, progress, attempt, worker, params, result, error."""
     return _key("job", job_id)
@@ -72,7 +72,7 @@ def architectures() -> str:
     return _key("architectures")
 
 
-# --- limits (gigaudit_server.limits) -----------------------------------------------------------
+# --- limits (gigaudit_server.api.limits) -----------------------------------------------------------
 def client_jobs(client: str) -> str:
     """Sorted set of a client's possibly unfinished job ids (and short-lived reservations) by time added."""
     return _key("client", client, "jobs")

@@ -17,13 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gigaudit_server import api, keys, tls
-from gigaudit_server.auth import AuthInterceptor
-from gigaudit_server.catalog import Catalog
+from gigaudit_server.api.auth import AuthInterceptor
+from gigaudit_server.storage.catalog import Catalog
 from gigaudit_server.config import Settings
-from gigaudit_server.jobs import JobQueue
-from gigaudit_server.limits import LimitsInterceptor
+from gigaudit_server.queue.jobs import JobQueue
+from gigaudit_server.api.limits import LimitsInterceptor
 from gigaudit_server.probes import ProbeServer
-from gigaudit_server.storage import ArtifactStore
+from gigaudit_server.storage.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,9 @@ class GigauditServer:
                 return
 
     def _start_embedded_worker(self) -> threading.Thread:
-        from gigaudit_server.architectures import list_architectures  # imports torch: embedded mode only
-        from gigaudit_server.tasks import Tasks
-        from gigaudit_server.worker import Worker
+        from gigaudit_server.worker.architectures import list_architectures  # imports torch: embedded mode only
+        from gigaudit_server.worker.tasks import Tasks
+        from gigaudit_server.worker.loop import Worker
 
         self.backend.catalog.publish_architectures(list_architectures())
         tasks = Tasks(self.backend.store, self.settings.device)

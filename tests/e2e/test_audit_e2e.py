@@ -17,6 +17,7 @@ from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
+from gigaudit.v1 import resource_state_pb2
 
 N_IMAGES = 12
 CONCEPTS = audit_pb.ConceptOptions(n_concepts=6, seed=1)
@@ -79,8 +80,8 @@ def direct_graph(api: Api, store: str, concept_set: str, layers, **options) -> d
     import gig
     from gig.concepts import ConceptSet
     from gig.synthetic import load_parts_net
-    from gigaudit_server.datasets import load_images
-    from gigaudit_server.storage import ArtifactStore
+    from gigaudit_server.worker.images import load_images
+    from gigaudit_server.storage.artifacts import ArtifactStore
 
     artifacts = ArtifactStore(store)
     model, _ = load_parts_net()
@@ -138,8 +139,8 @@ def test_audit_end_to_end_with_an_api_restart_mid_job(api, redis_url, store):
         done = api.wait(operation.name)
         result = audit_pb.AuditResult()
         assert done.response.Unpack(result)
-        assert result.concept_set.state == audit_pb.RESOURCE_STATE_ACTIVE
-        assert result.concept_graph.state == audit_pb.RESOURCE_STATE_ACTIVE
+        assert result.concept_set.state == resource_state_pb2.RESOURCE_STATE_ACTIVE
+        assert result.concept_graph.state == resource_state_pb2.RESOURCE_STATE_ACTIVE
         assert [layer.layer for layer in result.concept_set.layers] == layers
         assert result.concept_set.options.method == "kmeans"
         assert all(0 <= layer.relative_error < 1 for layer in result.concept_set.layers)

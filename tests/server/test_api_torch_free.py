@@ -25,7 +25,7 @@ def env() -> dict:
 
 def test_api_modules_import_without_torch():
     code = ("import sys, gigaudit_server.api, gigaudit_server.server, gigaudit_server.__main__, "
-            "gigaudit_server.catalog, gigaudit_server.errors, gigaudit_server.config\n"
+            "gigaudit_server.storage.catalog, gigaudit_server.api.errors, gigaudit_server.config\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'gig', 'torchvision')))")
     out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -14,9 +14,10 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from hypothesis import given, settings, strategies as st
 
-from gigaudit_server import config, errors
+from gigaudit_server import config
+from gigaudit_server.api import errors
 from gigaudit_server.api import names, uploads
-from gigaudit_server.catalog import AlreadyExists, Catalog
+from gigaudit_server.storage.catalog import AlreadyExists, Catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

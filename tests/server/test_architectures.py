@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from gigaudit_server.architectures import build_architecture, list_architectures
+from gigaudit_server.worker.architectures import build_architecture, list_architectures
 
 
 def test_lists_every_torchvision_classifier_and_partsnet():

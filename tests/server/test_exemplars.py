@@ -19,7 +19,7 @@ from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
-from gigaudit_server.exemplars import (ierf_png, merge_bundles, read_bundle, read_exemplars, rendered_concepts,
+from gigaudit_server.storage.exemplars import (ierf_png, merge_bundles, read_bundle, read_exemplars, rendered_concepts,
                                        thumbnail_png, write_bundle)
 
 

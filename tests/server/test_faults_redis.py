@@ -18,7 +18,7 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 
 import api_harness as h
 from gigaudit_server import keys
-from gigaudit_server.jobs import JobQueue, JobState
+from gigaudit_server.queue.jobs import JobQueue, JobState
 
 TTL = 1.0
 WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import api_harness as h
 from gigaudit.v1 import audit_service_pb2, dataset_service_pb2, model_service_pb2, probe_service_pb2
-from gigaudit_server import datasets
+from gigaudit_server.storage import archives as datasets
 from gigaudit_server.api import uploads
 
 CLEAR = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,

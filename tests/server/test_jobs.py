@@ -7,8 +7,8 @@ import time
 import pytest
 
 from gigaudit_server import keys
-from gigaudit_server.jobs import JobExistsError, JobLost, JobQueue, JobState
-from gigaudit_server.worker import Worker
+from gigaudit_server.queue.jobs import JobExistsError, JobLost, JobQueue, JobState
+from gigaudit_server.worker.loop import Worker
 
 
 @pytest.fixture

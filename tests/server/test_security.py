@@ -21,7 +21,8 @@ from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit.v1 import probe_service_pb2 as probe_pb
 from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
-from gigaudit_server import auth, probes, tls
+from gigaudit_server import probes, tls
+from gigaudit_server.api import auth
 from pki import CertificateAuthority
 
 ADMIN, AUDITOR, OTHER_AUDITOR = (secrets.token_urlsafe(24) for _ in range(3))

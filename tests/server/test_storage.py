@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gigaudit_server.storage import KINDS, ArtifactStore
+from gigaudit_server.storage.artifacts import KINDS, ArtifactStore
 
 
 @pytest.fixture

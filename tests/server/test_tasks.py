@@ -23,13 +23,14 @@ import gig
 from gig.concepts import ConceptSet
 from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset, parts_archive
 from gigaudit.report import build_report
-from gigaudit_server import exemplars
-from gigaudit_server.datasets import inspect_archive, load_images
-from gigaudit_server.jobs import JobCancelled, JobQueue, JobState
-from gigaudit_server.storage import ArtifactStore
-from gigaudit_server import tasks as tasks_module
-from gigaudit_server.tasks import Tasks, most_relevant, shard_bounds
-from gigaudit_server.worker import Worker
+from gigaudit_server.storage import exemplars
+from gigaudit_server.storage.archives import inspect_archive
+from gigaudit_server.worker.images import load_images
+from gigaudit_server.queue.jobs import JobCancelled, JobQueue, JobState
+from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.worker import tasks as tasks_module
+from gigaudit_server.worker.tasks import Tasks, most_relevant, shard_bounds
+from gigaudit_server.worker.loop import Worker
 
 N_IMAGES, BATCH = 12, 5
 EXTRACT = {"n_concepts": 6, "method": "kmeans", "pfvs_per_image": 2, "sampling": "contribution", "lam": 0.05,
@@ -350,7 +351,7 @@ def test_bad_params_fail_as_invalid_argument(world, queue):
 
 @pytest.mark.slow
 def test_worker_process_runs_jobs_and_stops_on_sigterm(world, queue, redis_url):
-    worker = subprocess.Popen([sys.executable, "-m", "gigaudit_server.worker_main", "--redis-url", redis_url,
+    worker = subprocess.Popen([sys.executable, "-m", "gigaudit_server.worker.main", "--redis-url", redis_url,
                                "--store", world["store"].url, "--name", "sub-worker", "--threads", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -368,7 +369,7 @@ def test_the_api_passes_on_only_the_options_a_caller_set(redis_client, redis_url
     import api_harness as h
     from gigaudit.v1 import audit_service_pb2 as audit_pb
     from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
-    from gigaudit_server.catalog import Catalog
+    from gigaudit_server.storage.catalog import Catalog
 
     store = f"file://{tmp_path}/store"
     server = h.start_server(redis_url, store)

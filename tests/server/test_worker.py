@@ -8,8 +8,8 @@ import pytest
 from worker_process import handlers, reducers
 
 from gigaudit_server import keys
-from gigaudit_server.jobs import JobQueue, JobState
-from gigaudit_server.worker import Worker
+from gigaudit_server.queue.jobs import JobQueue, JobState
+from gigaudit_server.worker.loop import Worker
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from gigaudit_server.worker_main import check_device, parse_args
+from gigaudit_server.worker.main import check_device, parse_args
 
 
 def test_devices():

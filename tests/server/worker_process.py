@@ -10,8 +10,8 @@ import time
 
 import redis
 
-from gigaudit_server.jobs import Job, JobContext, JobQueue
-from gigaudit_server.worker import Worker
+from gigaudit_server.queue.jobs import Job, JobContext, JobQueue
+from gigaudit_server.worker.loop import Worker
 
 
 def count(ctx: JobContext) -> dict:

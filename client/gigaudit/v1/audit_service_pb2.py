@@ -23,11 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from gigaudit.v1 import resource_state_pb2 as gigaudit_dot_v1_dot_resource__state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgigaudit/v1/audit_service.proto\x12\x0bgigaudit.v1\x1a#google/longrunning/operations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x0e\x43onceptOptions\x12\x12\n\nn_concepts\x18\x01 \x01(\x05\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x16\n\x0epfvs_per_image\x18\x03 \x01(\x05\x12\x10\n\x08sampling\x18\x04 \x01(\t\x12\x10\n\x03lam\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x42\x06\n\x04_lam\"_\n\x0cGraphOptions\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\r\n\x05top_t\x18\x02 \x01(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x13\n\x0bshard_count\x18\x05 \x01(\x05\"\xa3\x01\n\x16\x45xtractConceptsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0e\x63oncept_set_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12,\n\x07options\x18\x05 \x01(\x0b\x32\x1b.gigaudit.v1.ConceptOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xba\x01\n\x18\x42uildConceptGraphRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x18\n\x10\x63oncept_graph_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncept_set\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12*\n\x07options\x18\x06 \x01(\x0b\x32\x19.gigaudit.v1.GraphOptions\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\xf9\x01\n\x0c\x41uditRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12\x34\n\x0f\x63oncept_options\x18\x05 \x01(\x0b\x32\x1b.gigaudit.v1.ConceptOptions\x12\x30\n\rgraph_options\x18\x06 \x01(\x0b\x32\x19.gigaudit.v1.GraphOptions\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0f\n\x07metrics\x18\x08 \x03(\t\x12\x19\n\x11\x65valuation_images\x18\t \x01(\x05\"q\n\rLayerConcepts\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x12\n\nn_concepts\x18\x02 \x01(\x05\x12\x16\n\x0erelative_error\x18\x03 \x01(\x01\x12\n\n\x02l0\x18\x04 \x01(\x01\x12\x19\n\x11rendered_concepts\x18\x05 \x03(\x05\"\xf4\x01\n\nConceptSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\x11\n\toperation\x18\x04 \x01(\t\x12*\n\x06layers\x18\x05 \x03(\x0b\x32\x1a.gigaudit.v1.LayerConcepts\x12,\n\x07options\x18\x06 \x01(\x0b\x32\x1b.gigaudit.v1.ConceptOptions\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x0b\x45xemplarRef\x12\r\n\x05image\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x13\n\x0b\x63oefficient\x18\x03 \x01(\x01\"\xbc\x01\n\x0b\x43onceptNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x11\n\tfrequency\x18\x07 \x01(\x01\x12\x18\n\x10mean_coefficient\x18\x08 \x01(\x01\x12+\n\texemplars\x18\t \x03(\x0b\x32\x18.gigaudit.v1.ExemplarRef\"&\n\x08\x43lassSum\x12\x0b\n\x03sum\x18\x01 \x01(\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xab\x02\n\x0b\x43onceptEdge\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0b\n\x03sum\x18\x04 \x01(\x01\x12\x0e\n\x06sum_sq\x18\x05 \x01(\x01\x12\x0f\n\x07pos_sum\x18\x06 \x01(\x01\x12\x0f\n\x07neg_sum\x18\x07 \x01(\x01\x12\x0c\n\x04mean\x18\x08 \x01(\x01\x12\x0b\n\x03std\x18\t \x01(\x01\x12\r\n\x05share\x18\n \x01(\x01\x12;\n\nclass_sums\x18\x0b \x03(\x0b\x32\'.gigaudit.v1.ConceptEdge.ClassSumsEntry\x1aG\n\x0e\x43lassSumsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.gigaudit.v1.ClassSum:\x02\x38\x01\"\xce\x03\n\x0c\x43onceptGraph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncept_set\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\x11\n\toperation\x18\x05 \x01(\t\x12\x0e\n\x06layers\x18\x06 \x03(\t\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x13\n\x0bimage_count\x18\x08 \x01(\x03\x12\'\n\x06params\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x65vidence\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nnode_count\x18\x0b \x01(\x03\x12\x12\n\nedge_count\x18\x0c \x01(\x03\x12\'\n\x05nodes\x18\r \x03(\x0b\x32\x18.gigaudit.v1.ConceptNode\x12\'\n\x05\x65\x64ges\x18\x0e \x03(\x0b\x32\x18.gigaudit.v1.ConceptEdge\x12\x17\n\x0fnext_page_token\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x98\x01\n\x0b\x41uditResult\x12,\n\x0b\x63oncept_set\x18\x01 \x01(\x0b\x32\x17.gigaudit.v1.ConceptSet\x12\x30\n\rconcept_graph\x18\x02 \x01(\x0b\x32\x19.gigaudit.v1.ConceptGraph\x12)\n\x08\x65vidence\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"$\n\x14GetConceptSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"z\n\x16GetConceptGraphRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x04view\x18\x02 \x01(\x0e\x32\x1d.gigaudit.v1.ConceptGraphView\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x1aGetConceptExemplarsRequest\x12\x13\n\x0b\x63oncept_set\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0f\n\x07\x63oncept\x18\x03 \x01(\x05\x12\x15\n\rmax_exemplars\x18\x04 \x01(\x05\"\x96\x01\n\x0f\x43onceptExemplar\x12\r\n\x05image\x18\x01 \x01(\x05\x12\x12\n\nimage_name\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\x13\n\x0b\x63oefficient\x18\x04 \x01(\x01\x12\x15\n\rthumbnail_png\x18\x05 \x01(\x0c\x12\x10\n\x08ierf_png\x18\x06 \x01(\x0c\x12\x10\n\x08rendered\x18\x07 \x01(\x08\"N\n\x1bGetConceptExemplarsResponse\x12/\n\texemplars\x18\x01 \x03(\x0b\x32\x1c.gigaudit.v1.ConceptExemplar\"b\n\x16RenderExemplarsRequest\x12\x13\n\x0b\x63oncept_set\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x10\n\x08\x63oncepts\x18\x03 \x03(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\x82\x01\n\rResourceState\x12\x1e\n\x1aRESOURCE_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESOURCE_STATE_CREATING\x10\x01\x12\x19\n\x15RESOURCE_STATE_ACTIVE\x10\x02\x12\x19\n\x15RESOURCE_STATE_FAILED\x10\x03*q\n\x10\x43onceptGraphView\x12\"\n\x1e\x43ONCEPT_GRAPH_VIEW_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONCEPT_GRAPH_VIEW_BASIC\x10\x01\x12\x1b\n\x17\x43ONCEPT_GRAPH_VIEW_FULL\x10\x02\x32\xb1\x07\n\x0c\x41uditService\x12\x91\x01\n\x0f\x45xtractConcepts\x12#.gigaudit.v1.ExtractConceptsRequest\x1a\x1d.google.longrunning.Operation\":\xca\x41\x37\n\x16gigaudit.v1.ConceptSet\x12\x1dgigaudit.v1.OperationMetadata\x12\x97\x01\n\x11\x42uildConceptGraph\x12%.gigaudit.v1.BuildConceptGraphRequest\x1a\x1d.google.longrunning.Operation\"<\xca\x41\x39\n\x18gigaudit.v1.ConceptGraph\x12\x1dgigaudit.v1.OperationMetadata\x12~\n\x05\x41udit\x12\x19.gigaudit.v1.AuditRequest\x1a\x1d.google.longrunning.Operation\";\xca\x41\x38\n\x17gigaudit.v1.AuditResult\x12\x1dgigaudit.v1.OperationMetadata\x12K\n\rGetConceptSet\x12!.gigaudit.v1.GetConceptSetRequest\x1a\x17.gigaudit.v1.ConceptSet\x12Q\n\x0fGetConceptGraph\x12#.gigaudit.v1.GetConceptGraphRequest\x1a\x19.gigaudit.v1.ConceptGraph\x12h\n\x13GetConceptExemplars\x12\'.gigaudit.v1.GetConceptExemplarsRequest\x1a(.gigaudit.v1.GetConceptExemplarsResponse\x12\x91\x01\n\x0fRenderExemplars\x12#.gigaudit.v1.RenderExemplarsRequest\x1a\x1d.google.longrunning.Operation\":\xca\x41\x37\n\x16gigaudit.v1.ConceptSet\x12\x1dgigaudit.v1.OperationMetadata\x12U\n\x0eWatchOperation\x12\".gigaudit.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgigaudit/v1/audit_service.proto\x12\x0bgigaudit.v1\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a gigaudit/v1/resource_state.proto\"\x86\x01\n\x0e\x43onceptOptions\x12\x12\n\nn_concepts\x18\x01 \x01(\x05\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x16\n\x0epfvs_per_image\x18\x03 \x01(\x05\x12\x10\n\x08sampling\x18\x04 \x01(\t\x12\x10\n\x03lam\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x42\x06\n\x04_lam\"_\n\x0cGraphOptions\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\r\n\x05top_t\x18\x02 \x01(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x13\n\x0bshard_count\x18\x05 \x01(\x05\"\xa3\x01\n\x16\x45xtractConceptsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0e\x63oncept_set_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12,\n\x07options\x18\x05 \x01(\x0b\x32\x1b.gigaudit.v1.ConceptOptions\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xba\x01\n\x18\x42uildConceptGraphRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x18\n\x10\x63oncept_graph_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncept_set\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12*\n\x07options\x18\x06 \x01(\x0b\x32\x19.gigaudit.v1.GraphOptions\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\xf9\x01\n\x0c\x41uditRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61udit_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0e\n\x06layers\x18\x04 \x03(\t\x12\x34\n\x0f\x63oncept_options\x18\x05 \x01(\x0b\x32\x1b.gigaudit.v1.ConceptOptions\x12\x30\n\rgraph_options\x18\x06 \x01(\x0b\x32\x19.gigaudit.v1.GraphOptions\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0f\n\x07metrics\x18\x08 \x03(\t\x12\x19\n\x11\x65valuation_images\x18\t \x01(\x05\"q\n\rLayerConcepts\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x12\n\nn_concepts\x18\x02 \x01(\x05\x12\x16\n\x0erelative_error\x18\x03 \x01(\x01\x12\n\n\x02l0\x18\x04 \x01(\x01\x12\x19\n\x11rendered_concepts\x18\x05 \x03(\x05\"\x83\x02\n\nConceptSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\x11\n\toperation\x18\x04 \x01(\t\x12*\n\x06layers\x18\x05 \x03(\x0b\x32\x1a.gigaudit.v1.LayerConcepts\x12,\n\x07options\x18\x06 \x01(\x0b\x32\x1b.gigaudit.v1.ConceptOptions\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x08 \x01(\t\"C\n\x0b\x45xemplarRef\x12\r\n\x05image\x18\x01 \x01(\x05\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x13\n\x0b\x63oefficient\x18\x03 \x01(\x01\"\xbc\x01\n\x0b\x43onceptNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05\x63ount\x18\x06 \x01(\x03\x12\x11\n\tfrequency\x18\x07 \x01(\x01\x12\x18\n\x10mean_coefficient\x18\x08 \x01(\x01\x12+\n\texemplars\x18\t \x03(\x0b\x32\x18.gigaudit.v1.ExemplarRef\"&\n\x08\x43lassSum\x12\x0b\n\x03sum\x18\x01 \x01(\x01\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"\xab\x02\n\x0b\x43onceptEdge\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0b\n\x03sum\x18\x04 \x01(\x01\x12\x0e\n\x06sum_sq\x18\x05 \x01(\x01\x12\x0f\n\x07pos_sum\x18\x06 \x01(\x01\x12\x0f\n\x07neg_sum\x18\x07 \x01(\x01\x12\x0c\n\x04mean\x18\x08 \x01(\x01\x12\x0b\n\x03std\x18\t \x01(\x01\x12\r\n\x05share\x18\n \x01(\x01\x12;\n\nclass_sums\x18\x0b \x03(\x0b\x32\'.gigaudit.v1.ConceptEdge.ClassSumsEntry\x1aG\n\x0e\x43lassSumsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.gigaudit.v1.ClassSum:\x02\x38\x01\"\xdd\x03\n\x0c\x43onceptGraph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncept_set\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12)\n\x05state\x18\x04 \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\x11\n\toperation\x18\x05 \x01(\t\x12\x0e\n\x06layers\x18\x06 \x03(\t\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x13\n\x0bimage_count\x18\x08 \x01(\x03\x12\'\n\x06params\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x65vidence\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nnode_count\x18\x0b \x01(\x03\x12\x12\n\nedge_count\x18\x0c \x01(\x03\x12\'\n\x05nodes\x18\r \x03(\x0b\x32\x18.gigaudit.v1.ConceptNode\x12\'\n\x05\x65\x64ges\x18\x0e \x03(\x0b\x32\x18.gigaudit.v1.ConceptEdge\x12\x17\n\x0fnext_page_token\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x11 \x01(\t\"\x98\x01\n\x0b\x41uditResult\x12,\n\x0b\x63oncept_set\x18\x01 \x01(\x0b\x32\x17.gigaudit.v1.ConceptSet\x12\x30\n\rconcept_graph\x18\x02 \x01(\x0b\x32\x19.gigaudit.v1.ConceptGraph\x12)\n\x08\x65vidence\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"$\n\x14GetConceptSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"z\n\x16GetConceptGraphRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x04view\x18\x02 \x01(\x0e\x32\x1d.gigaudit.v1.ConceptGraphView\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"h\n\x1aGetConceptExemplarsRequest\x12\x13\n\x0b\x63oncept_set\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0f\n\x07\x63oncept\x18\x03 \x01(\x05\x12\x15\n\rmax_exemplars\x18\x04 \x01(\x05\"\x96\x01\n\x0f\x43onceptExemplar\x12\r\n\x05image\x18\x01 \x01(\x05\x12\x12\n\nimage_name\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\x13\n\x0b\x63oefficient\x18\x04 \x01(\x01\x12\x15\n\rthumbnail_png\x18\x05 \x01(\x0c\x12\x10\n\x08ierf_png\x18\x06 \x01(\x0c\x12\x10\n\x08rendered\x18\x07 \x01(\x08\"N\n\x1bGetConceptExemplarsResponse\x12/\n\texemplars\x18\x01 \x03(\x0b\x32\x1c.gigaudit.v1.ConceptExemplar\"b\n\x16RenderExemplarsRequest\x12\x13\n\x0b\x63oncept_set\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x10\n\x08\x63oncepts\x18\x03 \x03(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"%\n\x15WatchOperationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"_\n\x16ListConceptSetsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"a\n\x17ListConceptSetsResponse\x12-\n\x0c\x63oncept_sets\x18\x01 \x03(\x0b\x32\x17.gigaudit.v1.ConceptSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x17\x44\x65leteConceptSetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"a\n\x18ListConceptGraphsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"g\n\x19ListConceptGraphsResponse\x12\x31\n\x0e\x63oncept_graphs\x18\x01 \x03(\x0b\x32\x19.gigaudit.v1.ConceptGraph\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x19\x44\x65leteConceptGraphRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08*q\n\x10\x43onceptGraphView\x12\"\n\x1e\x43ONCEPT_GRAPH_VIEW_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONCEPT_GRAPH_VIEW_BASIC\x10\x01\x12\x1b\n\x17\x43ONCEPT_GRAPH_VIEW_FULL\x10\x02\x32\x9b\n\n\x0c\x41uditService\x12\x91\x01\n\x0f\x45xtractConcepts\x12#.gigaudit.v1.ExtractConceptsRequest\x1a\x1d.google.longrunning.Operation\":\xca\x41\x37\n\x16gigaudit.v1.ConceptSet\x12\x1dgigaudit.v1.OperationMetadata\x12\x97\x01\n\x11\x42uildConceptGraph\x12%.gigaudit.v1.BuildConceptGraphRequest\x1a\x1d.google.longrunning.Operation\"<\xca\x41\x39\n\x18gigaudit.v1.ConceptGraph\x12\x1dgigaudit.v1.OperationMetadata\x12~\n\x05\x41udit\x12\x19.gigaudit.v1.AuditRequest\x1a\x1d.google.longrunning.Operation\";\xca\x41\x38\n\x17gigaudit.v1.AuditResult\x12\x1dgigaudit.v1.OperationMetadata\x12K\n\rGetConceptSet\x12!.gigaudit.v1.GetConceptSetRequest\x1a\x17.gigaudit.v1.ConceptSet\x12Q\n\x0fGetConceptGraph\x12#.gigaudit.v1.GetConceptGraphRequest\x1a\x19.gigaudit.v1.ConceptGraph\x12h\n\x13GetConceptExemplars\x12\'.gigaudit.v1.GetConceptExemplarsRequest\x1a(.gigaudit.v1.GetConceptExemplarsResponse\x12\x91\x01\n\x0fRenderExemplars\x12#.gigaudit.v1.RenderExemplarsRequest\x1a\x1d.google.longrunning.Operation\":\xca\x41\x37\n\x16gigaudit.v1.ConceptSet\x12\x1dgigaudit.v1.OperationMetadata\x12\\\n\x0fListConceptSets\x12#.gigaudit.v1.ListConceptSetsRequest\x1a$.gigaudit.v1.ListConceptSetsResponse\x12P\n\x10\x44\x65leteConceptSet\x12$.gigaudit.v1.DeleteConceptSetRequest\x1a\x16.google.protobuf.Empty\x12\x62\n\x11ListConceptGraphs\x12%.gigaudit.v1.ListConceptGraphsRequest\x1a&.gigaudit.v1.ListConceptGraphsResponse\x12T\n\x12\x44\x65leteConceptGraph\x12&.gigaudit.v1.DeleteConceptGraphRequest\x1a\x16.google.protobuf.Empty\x12U\n\x0eWatchOperation\x12\".gigaudit.v1.WatchOperationRequest\x1a\x1d.google.longrunning.Operation0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,52 +46,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITSERVICE'].methods_by_name['Audit']._serialized_options = b'\312A8\n\027gigaudit.v1.AuditResult\022\035gigaudit.v1.OperationMetadata'
   _globals['_AUDITSERVICE'].methods_by_name['RenderExemplars']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['RenderExemplars']._serialized_options = b'\312A7\n\026gigaudit.v1.ConceptSet\022\035gigaudit.v1.OperationMetadata'
-  _globals['_RESOURCESTATE']._serialized_start=3214
-  _globals['_RESOURCESTATE']._serialized_end=3344
-  _globals['_CONCEPTGRAPHVIEW']._serialized_start=3346
-  _globals['_CONCEPTGRAPHVIEW']._serialized_end=3459
-  _globals['_CONCEPTOPTIONS']._serialized_start=149
-  _globals['_CONCEPTOPTIONS']._serialized_end=283
-  _globals['_GRAPHOPTIONS']._serialized_start=285
-  _globals['_GRAPHOPTIONS']._serialized_end=380
-  _globals['_EXTRACTCONCEPTSREQUEST']._serialized_start=383
-  _globals['_EXTRACTCONCEPTSREQUEST']._serialized_end=546
-  _globals['_BUILDCONCEPTGRAPHREQUEST']._serialized_start=549
-  _globals['_BUILDCONCEPTGRAPHREQUEST']._serialized_end=735
-  _globals['_AUDITREQUEST']._serialized_start=738
-  _globals['_AUDITREQUEST']._serialized_end=987
-  _globals['_LAYERCONCEPTS']._serialized_start=989
-  _globals['_LAYERCONCEPTS']._serialized_end=1102
-  _globals['_CONCEPTSET']._serialized_start=1105
-  _globals['_CONCEPTSET']._serialized_end=1349
-  _globals['_EXEMPLARREF']._serialized_start=1351
-  _globals['_EXEMPLARREF']._serialized_end=1418
-  _globals['_CONCEPTNODE']._serialized_start=1421
-  _globals['_CONCEPTNODE']._serialized_end=1609
-  _globals['_CLASSSUM']._serialized_start=1611
-  _globals['_CLASSSUM']._serialized_end=1649
-  _globals['_CONCEPTEDGE']._serialized_start=1652
-  _globals['_CONCEPTEDGE']._serialized_end=1951
-  _globals['_CONCEPTEDGE_CLASSSUMSENTRY']._serialized_start=1880
-  _globals['_CONCEPTEDGE_CLASSSUMSENTRY']._serialized_end=1951
-  _globals['_CONCEPTGRAPH']._serialized_start=1954
-  _globals['_CONCEPTGRAPH']._serialized_end=2416
-  _globals['_AUDITRESULT']._serialized_start=2419
-  _globals['_AUDITRESULT']._serialized_end=2571
-  _globals['_GETCONCEPTSETREQUEST']._serialized_start=2573
-  _globals['_GETCONCEPTSETREQUEST']._serialized_end=2609
-  _globals['_GETCONCEPTGRAPHREQUEST']._serialized_start=2611
-  _globals['_GETCONCEPTGRAPHREQUEST']._serialized_end=2733
-  _globals['_GETCONCEPTEXEMPLARSREQUEST']._serialized_start=2735
-  _globals['_GETCONCEPTEXEMPLARSREQUEST']._serialized_end=2839
-  _globals['_CONCEPTEXEMPLAR']._serialized_start=2842
-  _globals['_CONCEPTEXEMPLAR']._serialized_end=2992
-  _globals['_GETCONCEPTEXEMPLARSRESPONSE']._serialized_start=2994
-  _globals['_GETCONCEPTEXEMPLARSRESPONSE']._serialized_end=3072
-  _globals['_RENDEREXEMPLARSREQUEST']._serialized_start=3074
-  _globals['_RENDEREXEMPLARSREQUEST']._serialized_end=3172
-  _globals['_WATCHOPERATIONREQUEST']._serialized_start=3174
-  _globals['_WATCHOPERATIONREQUEST']._serialized_end=3211
-  _globals['_AUDITSERVICE']._serialized_start=3462
-  _globals['_AUDITSERVICE']._serialized_end=4407
+  _globals['_CONCEPTGRAPHVIEW']._serialized_start=3820
+  _globals['_CONCEPTGRAPHVIEW']._serialized_end=3933
+  _globals['_CONCEPTOPTIONS']._serialized_start=212
+  _globals['_CONCEPTOPTIONS']._serialized_end=346
+  _globals['_GRAPHOPTIONS']._serialized_start=348
+  _globals['_GRAPHOPTIONS']._serialized_end=443
+  _globals['_EXTRACTCONCEPTSREQUEST']._serialized_start=446
+  _globals['_EXTRACTCONCEPTSREQUEST']._serialized_end=609
+  _globals['_BUILDCONCEPTGRAPHREQUEST']._serialized_start=612
+  _globals['_BUILDCONCEPTGRAPHREQUEST']._serialized_end=798
+  _globals['_AUDITREQUEST']._serialized_start=801
+  _globals['_AUDITREQUEST']._serialized_end=1050
+  _globals['_LAYERCONCEPTS']._serialized_start=1052
+  _globals['_LAYERCONCEPTS']._serialized_end=1165
+  _globals['_CONCEPTSET']._serialized_start=1168
+  _globals['_CONCEPTSET']._serialized_end=1427
+  _globals['_EXEMPLARREF']._serialized_start=1429
+  _globals['_EXEMPLARREF']._serialized_end=1496
+  _globals['_CONCEPTNODE']._serialized_start=1499
+  _globals['_CONCEPTNODE']._serialized_end=1687
+  _globals['_CLASSSUM']._serialized_start=1689
+  _globals['_CLASSSUM']._serialized_end=1727
+  _globals['_CONCEPTEDGE']._serialized_start=1730
+  _globals['_CONCEPTEDGE']._serialized_end=2029
+  _globals['_CONCEPTEDGE_CLASSSUMSENTRY']._serialized_start=1958
+  _globals['_CONCEPTEDGE_CLASSSUMSENTRY']._serialized_end=2029
+  _globals['_CONCEPTGRAPH']._serialized_start=2032
+  _globals['_CONCEPTGRAPH']._serialized_end=2509
+  _globals['_AUDITRESULT']._serialized_start=2512
+  _globals['_AUDITRESULT']._serialized_end=2664
+  _globals['_GETCONCEPTSETREQUEST']._serialized_start=2666
+  _globals['_GETCONCEPTSETREQUEST']._serialized_end=2702
+  _globals['_GETCONCEPTGRAPHREQUEST']._serialized_start=2704
+  _globals['_GETCONCEPTGRAPHREQUEST']._serialized_end=2826
+  _globals['_GETCONCEPTEXEMPLARSREQUEST']._serialized_start=2828
+  _globals['_GETCONCEPTEXEMPLARSREQUEST']._serialized_end=2932
+  _globals['_CONCEPTEXEMPLAR']._serialized_start=2935
+  _globals['_CONCEPTEXEMPLAR']._serialized_end=3085
+  _globals['_GETCONCEPTEXEMPLARSRESPONSE']._serialized_start=3087
+  _globals['_GETCONCEPTEXEMPLARSRESPONSE']._serialized_end=3165
+  _globals['_RENDEREXEMPLARSREQUEST']._serialized_start=3167
+  _globals['_RENDEREXEMPLARSREQUEST']._serialized_end=3265
+  _globals['_WATCHOPERATIONREQUEST']._serialized_start=3267
+  _globals['_WATCHOPERATIONREQUEST']._serialized_end=3304
+  _globals['_LISTCONCEPTSETSREQUEST']._serialized_start=3306
+  _globals['_LISTCONCEPTSETSREQUEST']._serialized_end=3401
+  _globals['_LISTCONCEPTSETSRESPONSE']._serialized_start=3403
+  _globals['_LISTCONCEPTSETSRESPONSE']._serialized_end=3500
+  _globals['_DELETECONCEPTSETREQUEST']._serialized_start=3502
+  _globals['_DELETECONCEPTSETREQUEST']._serialized_end=3556
+  _globals['_LISTCONCEPTGRAPHSREQUEST']._serialized_start=3558
+  _globals['_LISTCONCEPTGRAPHSREQUEST']._serialized_end=3655
+  _globals['_LISTCONCEPTGRAPHSRESPONSE']._serialized_start=3657
+  _globals['_LISTCONCEPTGRAPHSRESPONSE']._serialized_end=3760
+  _globals['_DELETECONCEPTGRAPHREQUEST']._serialized_start=3762
+  _globals['_DELETECONCEPTGRAPHREQUEST']._serialized_end=3818
+  _globals['_AUDITSERVICE']._serialized_start=3936
+  _globals['_AUDITSERVICE']._serialized_end=5243
 # @@protoc_insertion_point(module_scope)

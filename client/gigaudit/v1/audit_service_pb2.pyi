@@ -1,8 +1,10 @@
 import datetime
 
 from google.longrunning import operations_pb2 as _operations_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from gigaudit.v1 import resource_state_pb2 as _resource_state_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -12,22 +14,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ResourceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    RESOURCE_STATE_UNSPECIFIED: _ClassVar[ResourceState]
-    RESOURCE_STATE_CREATING: _ClassVar[ResourceState]
-    RESOURCE_STATE_ACTIVE: _ClassVar[ResourceState]
-    RESOURCE_STATE_FAILED: _ClassVar[ResourceState]
-
 class ConceptGraphView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CONCEPT_GRAPH_VIEW_UNSPECIFIED: _ClassVar[ConceptGraphView]
     CONCEPT_GRAPH_VIEW_BASIC: _ClassVar[ConceptGraphView]
     CONCEPT_GRAPH_VIEW_FULL: _ClassVar[ConceptGraphView]
-RESOURCE_STATE_UNSPECIFIED: ResourceState
-RESOURCE_STATE_CREATING: ResourceState
-RESOURCE_STATE_ACTIVE: ResourceState
-RESOURCE_STATE_FAILED: ResourceState
 CONCEPT_GRAPH_VIEW_UNSPECIFIED: ConceptGraphView
 CONCEPT_GRAPH_VIEW_BASIC: ConceptGraphView
 CONCEPT_GRAPH_VIEW_FULL: ConceptGraphView
@@ -133,7 +124,7 @@ class LayerConcepts(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., n_concepts: _Optional[int] = ..., relative_error: _Optional[float] = ..., l0: _Optional[float] = ..., rendered_concepts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ConceptSet(_message.Message):
-    __slots__ = ("name", "dataset", "state", "operation", "layers", "options", "create_time")
+    __slots__ = ("name", "dataset", "state", "operation", "layers", "options", "create_time", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -141,14 +132,16 @@ class ConceptSet(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     dataset: str
-    state: ResourceState
+    state: _resource_state_pb2.ResourceState
     operation: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerConcepts]
     options: ConceptOptions
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[ResourceState, str]] = ..., operation: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerConcepts, _Mapping]]] = ..., options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[_resource_state_pb2.ResourceState, str]] = ..., operation: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerConcepts, _Mapping]]] = ..., options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ExemplarRef(_message.Message):
     __slots__ = ("image", "position", "coefficient")
@@ -224,7 +217,7 @@ class ConceptEdge(_message.Message):
     def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., sum_sq: _Optional[float] = ..., pos_sum: _Optional[float] = ..., neg_sum: _Optional[float] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., share: _Optional[float] = ..., class_sums: _Optional[_Mapping[int, ClassSum]] = ...) -> None: ...
 
 class ConceptGraph(_message.Message):
-    __slots__ = ("name", "concept_set", "dataset", "state", "operation", "layers", "classes", "image_count", "params", "evidence", "node_count", "edge_count", "nodes", "edges", "next_page_token", "create_time")
+    __slots__ = ("name", "concept_set", "dataset", "state", "operation", "layers", "classes", "image_count", "params", "evidence", "node_count", "edge_count", "nodes", "edges", "next_page_token", "create_time", "owner")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONCEPT_SET_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -241,10 +234,11 @@ class ConceptGraph(_message.Message):
     EDGES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     concept_set: str
     dataset: str
-    state: ResourceState
+    state: _resource_state_pb2.ResourceState
     operation: str
     layers: _containers.RepeatedScalarFieldContainer[str]
     classes: _containers.RepeatedScalarFieldContainer[str]
@@ -257,7 +251,8 @@ class ConceptGraph(_message.Message):
     edges: _containers.RepeatedCompositeFieldContainer[ConceptEdge]
     next_page_token: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., concept_set: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[ResourceState, str]] = ..., operation: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., image_count: _Optional[int] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., node_count: _Optional[int] = ..., edge_count: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ConceptNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[ConceptEdge, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, name: _Optional[str] = ..., concept_set: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[_resource_state_pb2.ResourceState, str]] = ..., operation: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., image_count: _Optional[int] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., node_count: _Optional[int] = ..., edge_count: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ConceptNode, _Mapping]]] = ..., edges: _Optional[_Iterable[_Union[ConceptEdge, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class AuditResult(_message.Message):
     __slots__ = ("concept_set", "concept_graph", "evidence")
@@ -340,3 +335,59 @@ class WatchOperationRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListConceptSetsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token", "filter")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    filter: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+
+class ListConceptSetsResponse(_message.Message):
+    __slots__ = ("concept_sets", "next_page_token")
+    CONCEPT_SETS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    concept_sets: _containers.RepeatedCompositeFieldContainer[ConceptSet]
+    next_page_token: str
+    def __init__(self, concept_sets: _Optional[_Iterable[_Union[ConceptSet, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteConceptSetRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ListConceptGraphsRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token", "filter")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    filter: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
+
+class ListConceptGraphsResponse(_message.Message):
+    __slots__ = ("concept_graphs", "next_page_token")
+    CONCEPT_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    concept_graphs: _containers.RepeatedCompositeFieldContainer[ConceptGraph]
+    next_page_token: str
+    def __init__(self, concept_graphs: _Optional[_Iterable[_Union[ConceptGraph, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteConceptGraphRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...

@@ -5,6 +5,7 @@ import warnings
 
 from gigaudit.v1 import audit_service_pb2 as gigaudit_dot_v1_dot_audit__service__pb2
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -71,6 +72,26 @@ class AuditServiceStub:
                 request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.RenderExemplarsRequest.SerializeToString,
                 response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
+        self.ListConceptSets = channel.unary_unary(
+                '/gigaudit.v1.AuditService/ListConceptSets',
+                request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptSetsRequest.SerializeToString,
+                response_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptSetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConceptSet = channel.unary_unary(
+                '/gigaudit.v1.AuditService/DeleteConceptSet',
+                request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptSetRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListConceptGraphs = channel.unary_unary(
+                '/gigaudit.v1.AuditService/ListConceptGraphs',
+                request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptGraphsRequest.SerializeToString,
+                response_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptGraphsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConceptGraph = channel.unary_unary(
+                '/gigaudit.v1.AuditService/DeleteConceptGraph',
+                request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptGraphRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.WatchOperation = channel.unary_stream(
                 '/gigaudit.v1.AuditService/WatchOperation',
                 request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.WatchOperationRequest.SerializeToString,
@@ -133,6 +154,34 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConceptSets(self, request, context):
+        """Concept sets of a model that the caller may see (admins: all; `filter` "owner=NAME" narrows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConceptSet(self, request, context):
+        """Refused with FAILED_PRECONDITION while concept graphs are built from the set or an operation uses it; with
+        `force`, those graphs are deleted and the operations cancelled (AIP-135).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConceptGraphs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConceptGraph(self, request, context):
+        """Refused with FAILED_PRECONDITION while its operation runs; with `force`, the operation is cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchOperation(self, request, context):
         """Streams the operation on every progress or state change until it is done.
         """
@@ -177,6 +226,26 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.RenderExemplars,
                     request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.RenderExemplarsRequest.FromString,
                     response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+            'ListConceptSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConceptSets,
+                    request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptSetsRequest.FromString,
+                    response_serializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptSetsResponse.SerializeToString,
+            ),
+            'DeleteConceptSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConceptSet,
+                    request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptSetRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListConceptGraphs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConceptGraphs,
+                    request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptGraphsRequest.FromString,
+                    response_serializer=gigaudit_dot_v1_dot_audit__service__pb2.ListConceptGraphsResponse.SerializeToString,
+            ),
+            'DeleteConceptGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConceptGraph,
+                    request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptGraphRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'WatchOperation': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchOperation,
@@ -374,6 +443,114 @@ class AuditService:
             '/gigaudit.v1.AuditService/RenderExemplars',
             gigaudit_dot_v1_dot_audit__service__pb2.RenderExemplarsRequest.SerializeToString,
             google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConceptSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AuditService/ListConceptSets',
+            gigaudit_dot_v1_dot_audit__service__pb2.ListConceptSetsRequest.SerializeToString,
+            gigaudit_dot_v1_dot_audit__service__pb2.ListConceptSetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConceptSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AuditService/DeleteConceptSet',
+            gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptSetRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConceptGraphs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AuditService/ListConceptGraphs',
+            gigaudit_dot_v1_dot_audit__service__pb2.ListConceptGraphsRequest.SerializeToString,
+            gigaudit_dot_v1_dot_audit__service__pb2.ListConceptGraphsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConceptGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AuditService/DeleteConceptGraph',
+            gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptGraphRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

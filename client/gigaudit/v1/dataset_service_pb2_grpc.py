@@ -94,7 +94,8 @@ class DatasetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDataset(self, request, context):
-        """Refused with FAILED_PRECONDITION while a running operation uses the dataset.
+        """Refused with FAILED_PRECONDITION while concept sets, concept graphs or unfinished operations use the dataset;
+        with `force`, those are deleted and the operations cancelled (AIP-135).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from gigaudit.v1 import model_service_pb2 as gigaudit_dot_v1_dot_model__service__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -39,7 +40,7 @@ class ModelServiceStub:
         self.UploadModel = channel.stream_unary(
                 '/gigaudit.v1.ModelService/UploadModel',
                 request_serializer=gigaudit_dot_v1_dot_model__service__pb2.UploadModelRequest.SerializeToString,
-                response_deserializer=gigaudit_dot_v1_dot_model__service__pb2.Model.FromString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/gigaudit.v1.ModelService/GetModel',
@@ -74,7 +75,8 @@ class ModelServiceServicer:
 
     def UploadModel(self, request_iterator, context):
         """Uploads weights and registers a model. The first message carries the header, the following ones chunks of a
-        safetensors file. The weights are checked against the architecture before anything is registered.
+        safetensors file. The stream's format is checked on the way; a worker then checks the weights against the
+        architecture in the returned operation, while the model is CREATING. A model whose check fails is removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,7 +95,8 @@ class ModelServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Refused with FAILED_PRECONDITION while a running operation uses the model.
+        """Refused with FAILED_PRECONDITION while concept sets, concept graphs or unfinished operations use the model;
+        with `force`, those are deleted and the operations cancelled (AIP-135).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +122,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
             'UploadModel': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadModel,
                     request_deserializer=gigaudit_dot_v1_dot_model__service__pb2.UploadModelRequest.FromString,
-                    response_serializer=gigaudit_dot_v1_dot_model__service__pb2.Model.SerializeToString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
@@ -174,7 +177,7 @@ class ModelService:
             target,
             '/gigaudit.v1.ModelService/UploadModel',
             gigaudit_dot_v1_dot_model__service__pb2.UploadModelRequest.SerializeToString,
-            gigaudit_dot_v1_dot_model__service__pb2.Model.FromString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

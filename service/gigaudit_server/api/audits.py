@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
-from gigaudit_server import errors, exemplars
+from gigaudit_server.api import errors
+from gigaudit_server.storage import exemplars
 from gigaudit_server.api import names, operations, resources
-from gigaudit_server.catalog import AlreadyExists
+from gigaudit_server.storage.catalog import AlreadyExists
 
 MAX_CONCEPTS = 65_536
 MAX_STEPS = 1024

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 # Which catalog collection and record field refer to each kind of uploaded artifact.
 _REFERENCES = {"weights": ("models", "weights_sha256"), "datasets": ("datasets", "sha256")}
 
-from gigaudit_server.catalog import Catalog
+from gigaudit_server.storage.catalog import Catalog
 from gigaudit_server.config import Settings
-from gigaudit_server.jobs import JobQueue
-from gigaudit_server.storage import ArtifactStore
+from gigaudit_server.queue.jobs import JobQueue
+from gigaudit_server.storage.artifacts import ArtifactStore
 
 
 @dataclass

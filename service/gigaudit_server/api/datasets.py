@@ -7,7 +7,8 @@ from google.protobuf import empty_pb2
 
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
-from gigaudit_server import datasets, errors
+from gigaudit_server.storage import archives as datasets
+from gigaudit_server.api import errors
 from gigaudit_server.api import names, resources, uploaded, uploads
 
 CHUNK_BYTES = 1024**2

@@ -6,9 +6,9 @@ from google.protobuf import empty_pb2, json_format
 
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
-from gigaudit_server import errors
+from gigaudit_server.api import errors
 from gigaudit_server.api import names, resources, uploaded, uploads
-from gigaudit_server.jobs import JobState
+from gigaudit_server.queue.jobs import JobState
 
 MAX_INPUT_SIZE = 4096
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from gigaudit_server import errors
+from gigaudit_server.api import errors
 
 _ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _RESERVED = {"index"}  # keys.collection() uses it

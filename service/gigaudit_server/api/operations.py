@@ -7,9 +7,9 @@ from google.protobuf import empty_pb2
 from google.rpc import code_pb2, status_pb2
 
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
-from gigaudit_server import errors
+from gigaudit_server.api import errors
 from gigaudit_server.api import names, resources
-from gigaudit_server.jobs import Job, JobState
+from gigaudit_server.queue.jobs import Job, JobState
 
 MAX_WAIT_S = 300.0
 _FILTER_HELP = 'filter must be empty or "state=<QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED>"'

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
-from gigaudit_server import errors
+from gigaudit_server.api import errors
 from gigaudit_server.api import operations
 
 MAX_SLEEP_S = 60.0

@@ -15,13 +15,14 @@ from google.protobuf import empty_pb2, json_format, struct_pb2, timestamp_pb2
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import model_service_pb2 as model_pb
-from gigaudit_server import catalog as catalog_lib
-from gigaudit_server import exemplars
-from gigaudit_server.jobs import Job, JobState
+from gigaudit.v1 import resource_state_pb2 as state_pb
+from gigaudit_server.storage import catalog as catalog_lib
+from gigaudit_server.storage import exemplars
+from gigaudit_server.queue.jobs import Job, JobState
 
 MAX_GRAPH_PAGE = 10_000
-_STATES = {"CREATING": audit_pb.RESOURCE_STATE_CREATING, "ACTIVE": audit_pb.RESOURCE_STATE_ACTIVE,
-           "FAILED": audit_pb.RESOURCE_STATE_FAILED}
+_STATES = {"CREATING": state_pb.RESOURCE_STATE_CREATING, "ACTIVE": state_pb.RESOURCE_STATE_ACTIVE,
+           "FAILED": state_pb.RESOURCE_STATE_FAILED}
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

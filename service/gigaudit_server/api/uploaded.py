@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 
-from gigaudit_server import errors
-from gigaudit_server.catalog import AlreadyExists
+from gigaudit_server.api import errors
+from gigaudit_server.storage.catalog import AlreadyExists
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # collection: (the resource in messages, the artifact kind in the store, the record field holding its sha256)

@@ -12,7 +12,7 @@ import math
 import struct
 from collections.abc import Iterable, Iterator
 
-from gigaudit_server import errors
+from gigaudit_server.api import errors
 
 MAX_HEADER_BYTES = 100 * 1024**2  # the safetensors library's own limit
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,

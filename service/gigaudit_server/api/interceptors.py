@@ -7,7 +7,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from gigaudit_server.errors import DOMAIN, ApiError
+from gigaudit_server.api.errors import DOMAIN, ApiError
 
 Behavior = Callable  # (request or request iterator, context) -> response or response iterator
 

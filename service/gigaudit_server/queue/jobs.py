@@ -25,7 +25,8 @@ from typing import Callable, Iterator
 
 import redis as redis_lib
 
-from gigaudit_server import job_scripts, keys
+from gigaudit_server import keys
+from gigaudit_server.queue import scripts as job_scripts
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _MAX_PAGE_SIZE = 1000
@@ -86,6 +87,7 @@ class Job:
     shard_index: int = 0
     reduce_kind: str | None = None
     failures: int = 0
+    owner: str = ""
 
     @property
     def finished(self) -> bool:
@@ -105,7 +107,7 @@ class Job:
             "created": repr(self.created), "updated": repr(self.updated),
             "cancel_requested": "1" if self.cancel_requested else "0", "parent": self.parent or "",
             "shards": str(self.shards), "shard_index": str(self.shard_index), "reduce_kind": self.reduce_kind or "",
-            "failures": str(self.failures),
+            "failures": str(self.failures), "owner": self.owner,
         }
 
     @classmethod
@@ -118,7 +120,7 @@ class Job:
             error=_load(f["error"]), result=_load(f["result"]), created=float(f["created"]),
             updated=float(f["updated"]), cancel_requested=f["cancel_requested"] == "1", parent=f["parent"] or None,
             shards=int(f["shards"]), shard_index=int(f["shard_index"]), reduce_kind=f["reduce_kind"] or None,
-            failures=int(f["failures"]),
+            failures=int(f["failures"]), owner=f.get("owner", ""),
         )
 
 
@@ -149,7 +151,7 @@ class JobQueue:
 
     # --- client side --------------------------------------------------------------------------------------------
     def submit(self, kind: str, params: dict, *, job_id: str | None = None, request_id: str | None = None,
-               shards: int = 1, reduce_kind: str | None = None) -> Job:
+               shards: int = 1, reduce_kind: str | None = None, owner: str = "") -> Job:
         """Create a job and queue it; with ``reduce_kind``, a parent and ``shards`` shard jobs. A repeated
         ``request_id`` returns the job it created first and queues nothing."""
         if not isinstance(kind, str) or not kind:
@@ -170,10 +172,10 @@ class JobQueue:
             raise ValueError(f"params must be JSON-serialisable: {e}") from None
         now = time.time()
         job = Job(id=job_id, kind=kind, params=params, request_id=request_id, created=now, updated=now,
-                  shards=shards, reduce_kind=reduce_kind)
+                  shards=shards, reduce_kind=reduce_kind, owner=owner)
         parts = [job] if reduce_kind is None else [
             Job(id=_shard_id(job_id, i), kind=kind, params=params, created=now, updated=now, parent=job_id,
-                shards=shards, shard_index=i) for i in range(shards)]
+                shards=shards, shard_index=i, owner=owner) for i in range(shards)]
         request_key = keys.request(request_id) if request_id else None
         with self.redis.pipeline() as pipe:
             while True:
@@ -221,8 +223,9 @@ class JobQueue:
             return [Job.from_hash(fields) for fields in pipe.execute() if fields]
 
     def list(self, *, page_size: int = 50, page_token: str | None = None,
-             filter_state: JobState | str | None = None) -> tuple[list[Job], str | None]:
-        """Jobs, newest first (shards are not listed), and the token of the next page (None on the last)."""
+             filter_state: JobState | str | None = None, owner: str | None = None) -> tuple[list[Job], str | None]:
+        """Jobs, newest first (shards are not listed), and the token of the next page (None on the last); with
+        ``owner``, only that owner's."""
         if not isinstance(page_size, int) or not 0 <= page_size <= _MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be an integer in 0..{_MAX_PAGE_SIZE} (0 = 50), got {page_size!r}")
         page_size = page_size or 50
@@ -242,7 +245,7 @@ class JobQueue:
                 job = self.get(job_id)
             except KeyError:  # deleted meanwhile
                 continue
-            if filter_state is None or job.state is filter_state:
+            if (filter_state is None or job.state is filter_state) and (owner is None or job.owner == owner):
                 page.append(job)
         return page, None
 

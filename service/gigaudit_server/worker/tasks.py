@@ -26,11 +26,11 @@ import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
 from gigaudit.results import ConceptGraph as GraphView
-from gigaudit_server import exemplars
-from gigaudit_server.datasets import ArchiveImages
-from gigaudit_server.jobs import Job, JobContext
-from gigaudit_server.models import ModelCache
-from gigaudit_server.storage import ArtifactStore
+from gigaudit_server.storage import exemplars
+from gigaudit_server.worker.images import ArchiveImages
+from gigaudit_server.queue.jobs import Job, JobContext
+from gigaudit_server.worker.models import ModelCache
+from gigaudit_server.storage.artifacts import ArtifactStore
 
 # The job params that are gig's keyword arguments; absent ones take gig's defaults.
 EXTRACT_OPTIONS = ("n_concepts", "method", "pfvs_per_image", "sampling", "lam", "seed")

@@ -2,7 +2,7 @@
 
 Every torchvision classification builder (``resnet50``, ``vit_b_16``, …) plus the project's own ``partsnet``
 (:class:`gig.synthetic.PartsNet`). Models are built with random weights and never download anything: users
-upload their weights as safetensors (:mod:`gigaudit_server.models`).
+upload their weights as safetensors (:mod:`gigaudit_server.worker.models`).
 """
 from __future__ import annotations
 

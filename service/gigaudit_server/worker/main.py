@@ -11,13 +11,13 @@ import logging
 import redis
 import torch
 
-from gigaudit_server.architectures import list_architectures
-from gigaudit_server.catalog import Catalog
-from gigaudit_server.jobs import JobQueue
-from gigaudit_server.models import ModelCache
-from gigaudit_server.storage import ArtifactStore
-from gigaudit_server.tasks import Tasks
-from gigaudit_server.worker import Worker
+from gigaudit_server.worker.architectures import list_architectures
+from gigaudit_server.storage.catalog import Catalog
+from gigaudit_server.queue.jobs import JobQueue
+from gigaudit_server.worker.models import ModelCache
+from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.worker.tasks import Tasks
+from gigaudit_server.worker.loop import Worker
 
 
 def parse_args(argv=None) -> argparse.Namespace:

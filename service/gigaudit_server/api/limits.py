@@ -1,6 +1,6 @@
 """Per-client limits, as a gRPC server interceptor: unfinished operations per client → RESOURCE_EXHAUSTED.
 
-A client is the authenticated principal (:mod:`gigaudit_server.auth`) or, without authentication, the peer's
+A client is the authenticated principal (:mod:`gigaudit_server.api.auth`) or, without authentication, the peer's
 address. Before a call that starts an operation, a Lua script counts the client's unfinished jobs in Redis and
 reserves a slot atomically, so several API replicas share one count; the slot then holds the operation's job id,
 and is freed when the job finishes. A retried request (a known request id) starts nothing new and is let through. (Upload sizes and images per dataset are checked by the servicers.)
@@ -13,7 +13,10 @@ import uuid
 import grpc
 import redis
 
-from gigaudit_server import auth, errors, interceptors, keys
+from gigaudit_server import keys
+from gigaudit_server.api import auth
+from gigaudit_server.api import errors
+from gigaudit_server.api import interceptors
 
 STARTS_OPERATION = frozenset({
     "/gigaudit.v1.AuditService/ExtractConcepts", "/gigaudit.v1.AuditService/BuildConceptGraph",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from gigaudit_server import interceptors
+from gigaudit_server.api import interceptors
 
 log = logging.getLogger(__name__)
 

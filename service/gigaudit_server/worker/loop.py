@@ -19,7 +19,7 @@ from typing import Iterator, Mapping
 
 import redis as redis_lib
 
-from gigaudit_server.jobs import Handler, Job, JobCancelled, JobContext, JobInterrupted, JobLost, JobQueue, Reducer
+from gigaudit_server.queue.jobs import Handler, Job, JobCancelled, JobContext, JobInterrupted, JobLost, JobQueue, Reducer
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The job queue in Redis (torch-free): jobs, deliveries, attempts, dead letters."""

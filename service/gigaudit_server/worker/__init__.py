@@ -1,0 +1,1 @@
+"""The worker side (imports torch): the job loop, the gig tasks, model building and caching."""
