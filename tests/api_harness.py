@@ -7,14 +7,19 @@ import hashlib
 import io
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro_pb
+from google.protobuf import duration_pb2
 from grpc_status import rpc_status
 
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import model_service_pb2 as model_pb
+from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit_server.config import Settings
 from gigaudit_server.server import GigauditServer
 
@@ -24,7 +29,7 @@ CHUNK = 16 * 1024
 
 def start_server(redis_url: str, store: str, **settings) -> GigauditServer:
     """The API server on a free loopback port, on an external Redis (torch-free mode)."""
-    return GigauditServer(Settings(redis_url=redis_url, store=store, port=0, validate_timeout_s=60,
+    return GigauditServer(Settings(redis_url=redis_url, store=store, port=0,
                                    health_interval_s=0.2, **settings)).start()
 
 
@@ -32,12 +37,12 @@ def start_worker(redis_url: str, store: str, name: str = "test-worker") -> tuple
     """A real worker (gig handlers) in a thread; set the event to stop it."""
     import redis
 
-    from gigaudit_server.worker.architectures import list_architectures
-    from gigaudit_server.storage.catalog import Catalog
     from gigaudit_server.queue.jobs import JobQueue
     from gigaudit_server.storage.artifacts import ArtifactStore
-    from gigaudit_server.worker.tasks import Tasks
+    from gigaudit_server.storage.catalog import Catalog
+    from gigaudit_server.worker.architectures import list_architectures
     from gigaudit_server.worker.loop import Worker
+    from gigaudit_server.worker.tasks import Tasks
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     Catalog(client).publish_architectures(list_architectures())
@@ -121,6 +126,30 @@ def model_requests(model_id: str, data: bytes, *, architecture="partsnet", num_c
     yield model_pb.UploadModelRequest(header=header)
     for start in range(0, len(data), CHUNK):
         yield model_pb.UploadModelRequest(chunk=data[start:start + CHUNK])
+
+
+def wait_operation(channel: grpc.Channel, name: str, timeout: float = 120.0, metadata=None) -> lro_pb.Operation:
+    """The operation once done (WaitOperation in rounds of at most 10 s); AssertionError after ``timeout``."""
+    operations, deadline = lro_grpc.OperationsStub(channel), time.monotonic() + timeout
+    while True:
+        operation = operations.WaitOperation(lro_pb.WaitOperationRequest(
+            name=name, timeout=duration_pb2.Duration(seconds=10)), metadata=metadata, timeout=30)
+        if operation.done:
+            return operation
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} not done after {timeout:g} s")
+
+
+def registered_model(channel: grpc.Channel, model_id: str, data: bytes, *, metadata=None, **header) -> model_pb.Model:
+    """Upload a model and wait for its validation: the registered Model; AssertionError naming the error else."""
+    operation = model_grpc.ModelServiceStub(channel).UploadModel(model_requests(model_id, data, **header),
+                                                                 metadata=metadata, timeout=60)
+    operation = wait_operation(channel, operation.name, metadata=metadata)
+    if operation.HasField("error"):
+        raise AssertionError(f"validating models/{model_id} failed: {operation.error}")
+    model = model_pb.Model()
+    operation.response.Unpack(model)
+    return model
 
 
 def dataset_requests(dataset_id: str, data: bytes, *, request_id="", sha256=None, size_bytes=None):

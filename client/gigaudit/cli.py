@@ -6,39 +6,77 @@ status and details are printed to stderr).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 
-from gigaudit.client import AuditClient, _file_digest
+from gigaudit.client import AuditClient, _archive, _file_digest, operation_result
 from gigaudit.embedded import embedded_server
 from gigaudit.errors import GigauditError
 from gigaudit.policy import evaluate_policy, load_policy
 from gigaudit.report import write_report
 from gigaudit.results import ConceptGraph
+from gigaudit.v1 import resource_state_pb2
 
-EXIT_OK, EXIT_POLICY, EXIT_ERROR = 0, 1, 2
-RESOURCES = ("models", "datasets", "operations")
+EXIT_OK, EXIT_POLICY, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+MANAGED = {"models": ("list", "get", "delete"), "datasets": ("list", "get", "delete"),
+           "operations": ("list", "get", "delete", "cancel", "wait"), "concept-sets": ("list", "get", "delete"),
+           "graphs": ("list", "delete"), "dead-letters": ("list", "retry")}
+RESOURCE_HELP = {"models": "list, get or delete models", "datasets": "list, get or delete datasets",
+                 "operations": "list, get, delete or cancel operations, or wait for one with a progress bar",
+                 "concept-sets": "list a model's concept sets, get or delete one",
+                 "graphs": "list a model's concept graphs or delete one",
+                 "dead-letters": "jobs that failed for good: list them or retry one (admin role)"}
+ACTION_HELP = {"list": "list them (JSON)", "get": "show one (JSON)", "delete": "delete one",
+               "cancel": "cancel one", "wait": "wait for one to finish", "retry": "queue a dead-lettered job again"}
+NAME_HELP = {"models": "model id or models/ID", "datasets": "dataset id or datasets/ID",
+             "operations": "operation id or operations/ID",
+             "concept-sets": "models/MODEL/conceptSets/ID or MODEL/ID",
+             "graphs": "models/MODEL/conceptGraphs/ID or MODEL/ID"}
+FORCE_HELP = {"models": "also delete its concept sets and graphs and cancel its operations",
+              "datasets": "also delete the concept sets and graphs made from it and cancel its operations",
+              "concept-sets": "also delete the graphs built from it and cancel its operations",
+              "graphs": "cancel its operation when it still runs"}
+OPERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["serve"], ["worker"]):  # forwarded untouched, flags included
-        return subprocess.call([sys.executable, "-m", "gigaudit_server", *argv])
+    if argv[:1] in (["serve"], ["worker"]):  # this process becomes the server: signals reach it, flags untouched
+        return _exec_server(argv)
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
     except GigauditError as exc:
-        print(f"gigaudit: server error: {exc.describe()}", file=sys.stderr)
+        print(f"gigaudit: server error: {exc.one_line()}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(f"gigaudit: server error: {GigauditError.from_rpc_error(exc).one_line()}", file=sys.stderr)
     except (ValueError, OSError) as exc:
         print(f"gigaudit: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gigaudit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_ERROR
+
+
+def _exec_server(argv: list[str]) -> int:
+    """Replace this process with `python -m gigaudit_server serve|worker ...` (returns only when it cannot)."""
+    if importlib.util.find_spec("gigaudit_server") is None:
+        print(f"gigaudit: error: `gigaudit {argv[0]}` needs the server package: pip install 'gigaudit[server]'",
+              file=sys.stderr)
+        return EXIT_ERROR
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "gigaudit_server", *argv])
+    return EXIT_ERROR  # not reached
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,13 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--top-t", type=int, default=0,
                        help="targets per image and layer (default: server default, gig's)")
     audit.add_argument("--seed", type=int, default=0, help="random seed (default: server default, gig's)")
-    audit.add_argument("--audit-id", default=None, help="id of the audit (default: derived from model and data)")
+    audit.add_argument("--audit-id", default=None, help="id of the audit (default: derived from model, data and "
+                       "options)")
     audit.add_argument("--exemplars", type=int, default=6, help="exemplars per concept in the report, for the "
                        "concepts the server rendered (the most relevant of every layer); 0: none")
     audit.add_argument("--out", required=True, type=Path, help="report folder")
     audit.add_argument("--policy", type=Path, help="policy YAML")
     audit.add_argument("--reference", type=Path, help="graph.json of an earlier audit, for drift checks")
-    audit.add_argument("--timeout", type=float, default=None, help="seconds to wait for the audit")
+    audit.add_argument("--timeout", type=float, default=None, help="seconds to wait for each operation")
     audit.add_argument("--no-progress", action="store_true")
     _connection(audit, embedded=True)
     audit.set_defaults(run=_audit)
@@ -82,16 +121,28 @@ def _parser() -> argparse.ArgumentParser:
     _connection(arch)
     arch.set_defaults(run=_architectures)
 
-    for resource in RESOURCES:
-        p = sub.add_parser(resource, help=f"list, get or delete {resource}"
-                           + (" (also cancel, or wait for one with a progress bar)" if resource == "operations" else ""))
-        p.add_argument("action", choices=["list", "get", "delete"] + (["cancel", "wait"] if resource == "operations" else []))
-        p.add_argument("name", nargs="?", help=f"{resource[:-1]} id or resource name (get, delete)")
-        _connection(p)
-        p.set_defaults(run=_manage, resource=resource)
+    for resource, actions in MANAGED.items():
+        group = sub.add_parser(resource, help=RESOURCE_HELP[resource])
+        verbs = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+        for action in actions:
+            verb = verbs.add_parser(action, help=ACTION_HELP.get((resource, action), ACTION_HELP.get(action)))
+            if action in ("list",) and resource in ("concept-sets", "graphs"):
+                verb.add_argument("model", help="model id or models/ID")
+            elif action == "retry":
+                verb.add_argument("name", metavar="OPERATION", help="operation id or operations/ID")
+            elif action != "list":
+                verb.add_argument("name", help=NAME_HELP[resource])
+            if action == "delete" and resource != "operations":
+                verb.add_argument("--force", action="store_true", help=FORCE_HELP[resource])
+            if action == "list" and resource in ("operations", "concept-sets", "graphs"):
+                verb.add_argument("--owner", help="only those of this owner (a token name; admins)")
+            if action == "list" and resource == "operations":
+                verb.add_argument("--state", choices=OPERATION_STATES, type=str.upper, help="only those in this state")
+            _connection(verb)
+            verb.set_defaults(run=_manage, resource=resource)
 
-    sub.add_parser("serve", help="run the server (python -m gigaudit_server serve ...)")
-    sub.add_parser("worker", help="run a worker (python -m gigaudit_server worker ...)")
+    sub.add_parser("serve", help="run the server (becomes python -m gigaudit_server serve ...)")
+    sub.add_parser("worker", help="run a worker (becomes python -m gigaudit_server worker ...)")
     return parser
 
 
@@ -121,28 +172,92 @@ def _run_audit(args, client: AuditClient, policy, reference) -> int:
     progress = not args.no_progress
     with client:
         client.wait_ready()
-        model_id = _resource_id(args.model)
-        try:
-            model = client.upload_model(args.model, model_id, architecture=args.arch, num_classes=args.num_classes,
-                                        class_names=args.class_names, input_size=args.input_size, mean=args.mean,
-                                        std=args.std, request_id=model_id, progress=progress)
-        except GigauditError as exc:
-            model = _existing(exc, lambda: client.get_model(model_id), args.model)
-        archive_id = _resource_id(args.dataset)
-        try:
-            dataset = client.upload_dataset(args.dataset, archive_id, request_id=archive_id, progress=progress)
-        except GigauditError as exc:
-            dataset = _existing(exc, lambda: client.get_dataset(archive_id), None)
-        audit_id = args.audit_id or _audit_id(model.name, dataset.name, args)
+        model = _register_model(args, client, progress)
+        dataset = _register_dataset(args, client, progress)
+        options = _audit_options(args, model.name, dataset.name)
+        digest = _digest(options)
+        audit_id = args.audit_id or f"audit-{digest[:16]}"
         concept_options = {"n_concepts": args.n_concepts, "seed": args.seed}
         graph_options = {"steps": args.steps, "top_t": args.top_t}
-        op = client.audit(model.name, dataset.name, audit_id, layers=args.layers, concept_options=concept_options,
-                          graph_options=graph_options, request_id=audit_id)
+        try:
+            op = client.audit(model.name, dataset.name, audit_id, layers=args.layers,
+                              concept_options=concept_options, graph_options=graph_options,
+                              request_id=f"cli-audit-{audit_id}-{digest[:32]}")
+        except GigauditError as exc:
+            if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            if args.audit_id:
+                raise ValueError(f"audit id {audit_id!r} is taken on {model.name} by another audit (other options, "
+                                 "or one that was not started by this command); choose another --audit-id, or "
+                                 "leave it out to derive one from the options") from None
+            op = _earlier_audit(client, model.name, audit_id)  # same derived id: same model, data and options
         print(f"gigaudit: audit {audit_id}: operation {op.name}", file=sys.stderr)
         result = client.wait(op.name, timeout=args.timeout, progress=progress)
         graph = client.get_graph(result.concept_graph.name)
         exemplars = client.graph_exemplars(graph, result.concept_set.name, args.exemplars) if args.exemplars else {}
     return _write_outputs(args.out, graph, policy, reference, exemplars, title=f"gigaudit: {model.name}")
+
+
+def _register_model(args, client: AuditClient, progress: bool):
+    """Upload the weights under an id covering them and every setting that changes an audit; an existing model of
+    that id is reused only when it has exactly those settings."""
+    model_id, request_id, wanted = _model_registration(args)
+    try:
+        model = client.upload_model(args.model, model_id, architecture=args.arch, num_classes=args.num_classes,
+                                    class_names=args.class_names, input_size=args.input_size, mean=args.mean,
+                                    std=args.std, request_id=request_id, progress=progress, timeout=args.timeout)
+    except GigauditError as exc:
+        if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        model = client.get_model(model_id)  # registered by another caller, or before its request id was forgotten
+        if model.state == resource_state_pb2.RESOURCE_STATE_CREATING and model.operation:  # another run's upload
+            client.wait(model.operation, timeout=args.timeout, progress=progress)
+            model = client.get_model(model_id)
+    differences = _model_differences(model, wanted)  # also after a replayed request id: the id may be reused
+    if differences:
+        raise ValueError(f"models/{model_id} is registered with other settings ({'; '.join(differences)}); "
+                         "delete it (`gigaudit models delete`) or rename the weights file")
+    return model
+
+
+def _model_registration(args) -> tuple[str, str, dict]:
+    """(model id, request id, settings): both ids cover the weights and every setting that changes an audit."""
+    wanted = {"sha256": _file_digest(args.model)[1], "architecture": args.arch, "num_classes": args.num_classes,
+              "class_names": list(args.class_names), "input_size": args.input_size,
+              "mean": [float(v) for v in args.mean], "std": [float(v) for v in args.std]}
+    digest = _digest(wanted)
+    return f"{_stem(args.model)}-{digest[:12]}", f"cli-model-{digest[:32]}", wanted
+
+
+def _register_dataset(args, client: AuditClient, progress: bool):
+    """Upload the dataset (a folder packed into a tar once) under an id from its content; an existing dataset of
+    that id is reused only when its content is the same."""
+    with _archive(args.dataset) as (archive, _):
+        sha = _file_digest(archive)[1]
+        dataset_id = f"{_stem(args.dataset)}-{sha[:12]}"
+        try:
+            dataset = client.upload_dataset(archive, dataset_id, display_name=args.dataset.name,
+                                            request_id=f"cli-dataset-{sha[:32]}", progress=progress)
+        except GigauditError as exc:
+            if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            dataset = client.get_dataset(dataset_id)
+    if dataset.sha256 != sha:  # also after a replayed request id: the id may have been deleted and reused
+        raise ValueError(f"datasets/{dataset_id} holds other content (sha256 {dataset.sha256[:12]}…, this one "
+                         f"{sha[:12]}…); delete it (`gigaudit datasets delete`) or rename the dataset")
+    return dataset
+
+
+def _earlier_audit(client: AuditClient, model: str, audit_id: str):
+    """The operation of the audit `audit_id` that an earlier run started (its request id since forgotten)."""
+    concept_set = client.get_concept_set(f"{model}/conceptSets/{audit_id}")
+    if not concept_set.operation:
+        raise ValueError(f"{model}/conceptSets/{audit_id} exists but names no operation; delete it "
+                         "(`gigaudit concept-sets delete --force`) and run the audit again")
+    op = client.get_operation(concept_set.operation)
+    if op.done:
+        operation_result(op)  # a failed earlier audit is reported, not reused as a success
+    return op
 
 
 def _report(args) -> int:
@@ -178,60 +293,90 @@ def _architectures(args) -> int:
 
 
 def _manage(args) -> int:
-    if args.action != "list" and not args.name:
-        raise ValueError(f"`gigaudit {args.resource} {args.action}` needs a name")
+    resource, action = args.resource, args.action
     with _client(args) as client:
-        noun = args.resource[:-1]
-        if args.action == "list":
-            items = getattr(client, f"list_{args.resource}")()
+        if action == "list":
+            if resource == "operations":
+                items = client.list_operations(state=args.state, owner=args.owner)
+            elif resource == "concept-sets":
+                items = client.list_concept_sets(args.model, owner=args.owner)
+            elif resource == "graphs":
+                items = client.list_concept_graphs(args.model, owner=args.owner)
+            else:
+                items = getattr(client, f"list_{resource.replace('-', '_')}")()
             print(json.dumps([json_format.MessageToDict(i) for i in items], indent=2))
-        elif args.action == "wait":
+        elif action == "get":
+            getter = {"models": client.get_model, "datasets": client.get_dataset,
+                      "operations": client.get_operation, "concept-sets": client.get_concept_set}[resource]
+            print(json.dumps(json_format.MessageToDict(getter(_full_name(resource, args.name))), indent=2))
+        elif action == "wait":
             client.wait(args.name)
             print(json.dumps(json_format.MessageToDict(client.get_operation(args.name)), indent=2))
-        elif args.action == "get":
-            print(json.dumps(json_format.MessageToDict(getattr(client, f"get_{noun}")(args.name)), indent=2))
+        elif action == "retry":
+            op = client.retry_dead_letter(args.name)
+            print(json.dumps(json_format.MessageToDict(op), indent=2))
+            print(f"gigaudit: queued {op.name} again", file=sys.stderr)
+        elif action == "delete" and resource != "operations":
+            deleter = {"models": client.delete_model, "datasets": client.delete_dataset,
+                       "concept-sets": client.delete_concept_set, "graphs": client.delete_concept_graph}[resource]
+            deleter(args.name, force=args.force)
+            print(f"gigaudit: deleted {_full_name(resource, args.name)}", file=sys.stderr)
         else:
-            getattr(client, f"{args.action}_{noun}")(args.name)
-            print(f"{args.action}d {args.resource}/{args.name.split('/')[-1]}", file=sys.stderr)
+            getattr(client, f"{action}_operation")(args.name)
+            print(f"gigaudit: {action}{'ed' if action == 'cancel' else 'd'} {_full_name(resource, args.name)}",
+                  file=sys.stderr)
     return EXIT_OK
 
 
-def _resource_id(path: Path) -> str:
-    """`<name>-<sha256[:12]>` of a file (or of a folder's listing and contents): same input, same id."""
-    if path.is_file():
-        sha = _file_digest(path)[1]
-    elif path.is_dir():
-        import hashlib
+def _full_name(resource: str, name: str) -> str:
+    from gigaudit.client import _child, _named
 
-        digest = hashlib.sha256()
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            digest.update(p.relative_to(path).as_posix().encode() + b"\0" + p.read_bytes())
-        sha = digest.hexdigest()
-    else:
-        raise ValueError(f"no such file or folder: {path}")
+    if resource == "concept-sets":
+        return _child("conceptSets", name)
+    if resource == "graphs":
+        return _child("conceptGraphs", name)
+    return _named(resource, name)
+
+
+def _audit_options(args, model: str, dataset: str) -> dict:
+    """Everything that decides an audit's result, for its derived id and request id."""
+    return {"model": model, "dataset": dataset, "layers": list(args.layers), "n_concepts": args.n_concepts,
+            "seed": args.seed, "steps": args.steps, "top_t": args.top_t}
+
+
+def _model_differences(model, wanted: dict) -> list[str]:
+    """'field: registered vs given' for each setting of `wanted` the registered model does not have."""
+    found = []
+    for field, value in wanted.items():
+        have = getattr(model, field)
+        have = list(have) if not isinstance(have, (str, int)) else have
+        if field in ("mean", "std"):  # float32 on the wire
+            same = len(have) == len(value) and all(abs(h - v) <= 1e-6 * max(1.0, abs(v)) for h, v in zip(have, value))
+        else:
+            same = have == value
+        if not same:
+            found.append(f"{field}: {_short(have)} registered vs {_short(value)} given")
+    return found
+
+
+def _short(value) -> str:
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"
+    if isinstance(value, list) and value and isinstance(value[0], float):
+        return "[" + ", ".join(f"{v:.6g}" for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _stem(path: Path) -> str:
+    """The lowercase [a-z0-9-] start of a resource id from a file or folder name, starting with a letter."""
     stem = re.sub(r"[^a-z0-9]+", "-", path.name.split(".")[0].lower()).strip("-") or "x"
     if not stem[0].isalpha():
         stem = "r-" + stem
-    return f"{stem[:40].rstrip('-')}-{sha[:12]}"
-
-
-def _audit_id(model: str, dataset: str, args) -> str:
-    import hashlib
-
-    key = json.dumps([model, dataset, args.layers, args.n_concepts, args.steps, args.top_t, args.seed])
-    return "audit-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _existing(exc: GigauditError, get, weights: Path | None):
-    """Reuse a resource that an earlier run registered under the same content-derived id."""
-    import grpc
-
-    if exc.code != grpc.StatusCode.ALREADY_EXISTS:
-        raise exc
-    resource = get()
-    if weights is not None and resource.sha256 != _file_digest(weights)[1]:
-        raise exc
-    return resource
+    return stem[:40].rstrip("-")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """`AuditClient`: the thin gRPC client of the gigaudit service (no torch).
 
-Uploads stream the file in chunks after a header carrying its size and sha256; a retried upload or audit reuses its
-`request_id`, so the server never registers twice or starts a second job. Long work returns an operation name:
-`wait` follows it (with a progress bar) and re-attaches when the stream breaks. Every failure is a `GigauditError`
-carrying the server's status code, message and details.
+Uploads stream the file once, in chunks after a header carrying its size and sha256; the stream is sent again (with
+the same `request_id`, so the server never registers twice) only when the transport failed before the server
+answered. Long work returns an operation: `wait` follows it (with a progress bar) and re-attaches when the stream
+breaks; a model upload waits on its validation operation. Every failure is a `GigauditError` carrying the server's
+status code, message and details.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from gigaudit import convert
 from gigaudit.errors import GigauditError
 from gigaudit.results import ConceptGraph, Exemplar
+from gigaudit.v1 import admin_service_pb2 as admin_pb
+from gigaudit.v1 import admin_service_pb2_grpc as admin_grpc
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
@@ -66,6 +69,7 @@ class AuditClient:
         self.audits = audit_grpc.AuditServiceStub(self.channel)
         self.operations = operations_pb2_grpc.OperationsStub(self.channel)
         self.probes = probe_grpc.ProbeServiceStub(self.channel)
+        self.admin = admin_grpc.AdminServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -100,8 +104,13 @@ class AuditClient:
     def upload_model(self, path: str | Path, model_id: str, *, architecture: str, num_classes: int,
                      class_names: Sequence[str] = (), input_size: int = 0, mean: Sequence[float] = (),
                      std: Sequence[float] = (), display_name: str = "", request_id: str | None = None,
-                     progress: bool = False) -> model_pb.Model:
-        """Upload safetensors weights and register them as `models/{model_id}`."""
+                     progress: bool = False, wait: bool = True, timeout: float | None = None):
+        """Upload safetensors weights as `models/{model_id}`; with `wait`, return the `Model` once a worker has
+        checked the weights (ACTIVE), else the operation that checks them.
+
+        A failed check raises GigauditError (the model is removed); `timeout` (seconds of waiting for the check)
+        raises GigauditError(DEADLINE_EXCEEDED) and leaves the check running: call `wait(op)` or upload again with
+        the same `request_id` (the server answers with the same operation; nothing is registered twice)."""
         path = Path(path)
         size, sha = _file_digest(path)
         model = model_pb.Model(display_name=display_name or model_id, architecture=architecture,
@@ -114,7 +123,11 @@ class AuditClient:
             for chunk in _chunks(path, progress, f"upload {path.name}"):
                 yield model_pb.UploadModelRequest(chunk=chunk)
 
-        return self._upload(self.models.UploadModel, requests)
+        op = self._upload(self.models.UploadModel, requests)
+        if not wait:
+            return op
+        model = self.wait(op.name, timeout=timeout, progress=progress)
+        return model if isinstance(model, model_pb.Model) else self.get_model(model_id)
 
     def get_model(self, name: str) -> model_pb.Model:
         return self._call(self.models.GetModel, model_pb.GetModelRequest(name=_named("models", name)))
@@ -122,8 +135,9 @@ class AuditClient:
     def list_models(self, page_size: int = 100) -> list[model_pb.Model]:
         return self._pages(self.models.ListModels, model_pb.ListModelsRequest(page_size=page_size), "models")
 
-    def delete_model(self, name: str) -> None:
-        self._call(self.models.DeleteModel, model_pb.DeleteModelRequest(name=_named("models", name)))
+    def delete_model(self, name: str, force: bool = False) -> None:
+        """Delete a model; `force` also deletes its concept sets and graphs and cancels its operations."""
+        self._call(self.models.DeleteModel, model_pb.DeleteModelRequest(name=_named("models", name), force=force))
 
     def list_layers(self, model: str) -> model_pb.ListLayersResponse:
         return self._call(self.models.ListLayers, model_pb.ListLayersRequest(parent=_named("models", model)))
@@ -156,8 +170,10 @@ class AuditClient:
         return self._pages(self.datasets.ListDatasets, dataset_pb.ListDatasetsRequest(page_size=page_size),
                            "datasets")
 
-    def delete_dataset(self, name: str) -> None:
-        self._call(self.datasets.DeleteDataset, dataset_pb.DeleteDatasetRequest(name=_named("datasets", name)))
+    def delete_dataset(self, name: str, force: bool = False) -> None:
+        """Delete a dataset; `force` also deletes what was made from it and cancels the operations using it."""
+        self._call(self.datasets.DeleteDataset,
+                   dataset_pb.DeleteDatasetRequest(name=_named("datasets", name), force=force))
 
     # --- audits and operations ----------------------------------------------------------------
     def audit(self, model: str, dataset: str, audit_id: str, *, layers: Sequence[str] = (),
@@ -180,8 +196,11 @@ class AuditClient:
         return self._call(self.operations.GetOperation,
                           operations_pb2.GetOperationRequest(name=_named("operations", name)))
 
-    def list_operations(self, filter: str = "", page_size: int = 100) -> list[operations_pb2.Operation]:
-        request = operations_pb2.ListOperationsRequest(name="operations", filter=filter, page_size=page_size)
+    def list_operations(self, filter: str = "", page_size: int = 100, *, state: str | None = None,
+                        owner: str | None = None) -> list[operations_pb2.Operation]:
+        """Operations, narrowed by a raw `filter` or by `state` ("RUNNING", ...) and/or `owner` (a token name)."""
+        request = operations_pb2.ListOperationsRequest(
+            name="operations", filter=filter or list_filter(state=state, owner=owner), page_size=page_size)
         return self._pages(self.operations.ListOperations, request, "operations")
 
     def cancel_operation(self, name: str) -> None:
@@ -192,13 +211,20 @@ class AuditClient:
         self._call(self.operations.DeleteOperation,
                    operations_pb2.DeleteOperationRequest(name=_named("operations", name)))
 
-    def watch(self, name: str) -> Iterator[operations_pb2.Operation]:
-        """The operation on every change until it is done; re-attaches (by name) when the stream breaks."""
+    def watch(self, name: str, timeout: float | None = None) -> Iterator[operations_pb2.Operation]:
+        """The operation on every change until it is done; re-attaches (by name) when the stream breaks.
+
+        `timeout` (seconds) raises GigauditError(DEADLINE_EXCEEDED) once passed, also while nothing changes; the
+        operation goes on."""
         name = _named("operations", name)
+        deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
         while True:
+            left = None if deadline is None else deadline - time.monotonic()
             try:
-                stream = self.audits.WatchOperation(audit_pb.WatchOperationRequest(name=name),
+                if left is not None and left <= 0:
+                    raise _still_running(name, timeout)
+                stream = self.audits.WatchOperation(audit_pb.WatchOperationRequest(name=name), timeout=left,
                                                     metadata=self._metadata)
                 for op in stream:
                     failures = 0
@@ -210,6 +236,8 @@ class AuditClient:
                     yield op
                     return
             except grpc.RpcError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _still_running(name, timeout) from None
                 failures += 1
                 if exc.code() not in RETRYABLE or failures > self.retries:
                     raise GigauditError.from_rpc_error(exc) from None
@@ -217,27 +245,58 @@ class AuditClient:
 
     def wait(self, name: str, *, timeout: float | None = None, progress: bool = True,
              on_update: Callable[[metadata_pb.OperationMetadata], None] | None = None):
-        """Follow an operation to its end and return its unpacked response (e.g. `AuditResult`).
+        """Follow an operation to its end and return its unpacked response (e.g. `AuditResult`, `Model`).
 
         A failed or cancelled operation raises GigauditError with the job's status; `timeout` raises
         GigauditError(DEADLINE_EXCEEDED) and leaves the operation running.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         bar = _Progress(progress)
         try:
-            for op in self.watch(name):
+            for op in self.watch(name, timeout=timeout):
                 meta = operation_metadata(op)
                 bar.update(meta)
                 if on_update:
                     on_update(meta)
                 if op.done:
                     return operation_result(op)
-                if deadline is not None and time.monotonic() > deadline:
-                    raise GigauditError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                        f"operation {name} still running after {timeout} s")
         finally:
             bar.close()
         raise GigauditError(grpc.StatusCode.UNKNOWN, f"operation {name} stream ended before it was done")
+
+    # --- concept sets and graphs -------------------------------------------------------------
+    def list_concept_sets(self, model: str, *, owner: str | None = None,
+                          page_size: int = 100) -> list[audit_pb.ConceptSet]:
+        request = audit_pb.ListConceptSetsRequest(parent=_named("models", model), page_size=page_size,
+                                                  filter=list_filter(owner=owner))
+        return self._pages(self.audits.ListConceptSets, request, "concept_sets")
+
+    def delete_concept_set(self, name: str, force: bool = False) -> None:
+        """Delete `models/{m}/conceptSets/{c}` (or `m/c`); `force` also deletes the graphs built from it."""
+        self._call(self.audits.DeleteConceptSet,
+                   audit_pb.DeleteConceptSetRequest(name=_child("conceptSets", name), force=force))
+
+    def list_concept_graphs(self, model: str, *, owner: str | None = None,
+                            page_size: int = 100) -> list[audit_pb.ConceptGraph]:
+        """The model's concept graphs (metadata and evidence, no nodes or edges)."""
+        request = audit_pb.ListConceptGraphsRequest(parent=_named("models", model), page_size=page_size,
+                                                    filter=list_filter(owner=owner))
+        return self._pages(self.audits.ListConceptGraphs, request, "concept_graphs")
+
+    def delete_concept_graph(self, name: str, force: bool = False) -> None:
+        """Delete `models/{m}/conceptGraphs/{g}` (or `m/g`); `force` cancels its operation when it still runs."""
+        self._call(self.audits.DeleteConceptGraph,
+                   audit_pb.DeleteConceptGraphRequest(name=_child("conceptGraphs", name), force=force))
+
+    # --- administration (admin role) ---------------------------------------------------------
+    def list_dead_letters(self, page_size: int = 100) -> list[admin_pb.DeadLetter]:
+        """Jobs that failed for good, newest first."""
+        return self._pages(self.admin.ListDeadLetters, admin_pb.ListDeadLettersRequest(page_size=page_size),
+                           "dead_letters")
+
+    def retry_dead_letter(self, operation: str) -> operations_pb2.Operation:
+        """Queue a dead-lettered job again; returns its operation (not retried: a second call would fail)."""
+        return self._call(self.admin.RetryDeadLetter,
+                          admin_pb.RetryDeadLetterRequest(operation=_named("operations", operation)), retry=False)
 
     # --- results -----------------------------------------------------------------------------
     def get_graph(self, name: str, page_size: int = 5000) -> ConceptGraph:
@@ -310,11 +369,12 @@ class AuditClient:
 
     # --- helpers -----------------------------------------------------------------------------
     def _upload(self, method, requests: Callable[[], Iterator]):
+        """Send the stream; again (same request id) only after a transport failure, never after an answer."""
         for attempt in range(self.retries):
             try:
                 return method(requests(), timeout=self.upload_timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
-                if attempt + 1 < self.retries and exc.code() in RETRYABLE:
+                if attempt + 1 < self.retries and _transport_failure(exc):
                     time.sleep(0.2 * 2**attempt)
                     continue
                 raise GigauditError.from_rpc_error(exc) from None
@@ -340,7 +400,7 @@ def operation_result(op: operations_pb2.Operation):
     """The unpacked response of a done operation; GigauditError when it failed or was cancelled."""
     if op.HasField("error"):
         raise GigauditError.from_status(op.error)
-    for kind in (audit_pb.AuditResult, audit_pb.ConceptGraph, audit_pb.ConceptSet):
+    for kind in (audit_pb.AuditResult, audit_pb.ConceptGraph, audit_pb.ConceptSet, model_pb.Model):
         if op.response.Is(kind.DESCRIPTOR):
             result = kind()
             op.response.Unpack(result)
@@ -389,6 +449,38 @@ def _named(collection: str, name: str) -> str:
     if not name:
         raise ValueError(f"a {collection} name is required")
     return name if "/" in name else f"{collection}/{name}"
+
+
+def list_filter(*, state: str | None = None, owner: str | None = None) -> str:
+    """The List filter "state=X AND owner=NAME" (either term alone, or "" for none)."""
+    terms = []
+    if state:
+        terms.append(f"state={state.upper().removeprefix('OPERATION_STATE_')}")
+    if owner:
+        terms.append(f"owner={owner}")
+    return " AND ".join(terms)
+
+
+def _child(collection: str, name: str) -> str:
+    """`models/{m}/{collection}/{id}` from itself or from `m/id`."""
+    parts = name.split("/")
+    if len(parts) == 4 and parts[0] == "models" and parts[2] == collection and all(parts):
+        return name
+    if len(parts) == 2 and all(parts):
+        return f"models/{parts[0]}/{collection}/{parts[1]}"
+    raise ValueError(f"a {collection} name is 'models/MODEL/{collection}/ID' or 'MODEL/ID', got {name!r}")
+
+
+def _still_running(name: str, timeout: float | None) -> GigauditError:
+    return GigauditError(grpc.StatusCode.DEADLINE_EXCEEDED, f"operation {name} still running after {timeout} s")
+
+
+def _transport_failure(exc: grpc.RpcError) -> bool:
+    """UNAVAILABLE from the channel itself (no connection, connection lost): the server sent no status of its own,
+    which always carries details (gigaudit_server.api.errors)."""
+    if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return not any(key == "grpc-status-details-bin" for key, _ in (exc.trailing_metadata() or ()))
 
 
 def _concept_id(node_id: str) -> tuple[str, int]:

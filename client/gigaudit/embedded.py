@@ -17,6 +17,8 @@ from typing import Iterator
 
 import grpc
 
+STOP_TIMEOUT_S = 15.0  # its RPCs' grace (shutdown_grace_s, 5 s) and the worker's hand-back, then SIGKILL
+
 
 @contextmanager
 def embedded_server(startup_timeout: float = 120.0, store: str | None = None) -> Iterator[str]:
@@ -35,9 +37,9 @@ def embedded_server(startup_timeout: float = 120.0, store: str | None = None) ->
             _wait_serving(target, process, startup_timeout, Path(tmp, "server.log"))
             yield target
         finally:
-            process.terminate()
+            process.terminate()  # SIGTERM: the server stops in well under a second when idle
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -54,6 +54,11 @@ class GigauditError(Exception):
                 lines.append(f"  {type(d).__name__}: {str(d).strip()}")
         return "\n".join(lines)
 
+    def one_line(self) -> str:
+        """`describe()` on one line: the details follow the message, separated by "; "."""
+        first, *rest = self.describe().splitlines()
+        return first + (" (" + "; ".join(line.strip() for line in rest) + ")" if rest else "")
+
 
 def _unpack(detail: any_pb2.Any):
     for kind in DETAIL_TYPES:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gigaudit import circuits
+
 GRAPH_FORMAT = "gigaudit.concept-graph/1"
 CLASS_LAYER = "logits"
 
@@ -151,30 +153,7 @@ class ConceptGraph:
         return self._propagate({c: 1.0 / len(classes) for c in classes}, None, 1.0)[0] if classes else {}
 
     def _propagate(self, start: dict[str, float], cls: int | None, coverage: float):
-        if not 0.0 < coverage <= 1.0:
-            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-        rel = dict(start)
-        kept: list[tuple[str, str]] = []
-        frontier = list(start)
-        while frontier:
-            flows = []
-            for target in frontier:
-                for source, share in self.shares(target, cls).items():
-                    if share:
-                        flows.append((rel[target] * abs(share), source, target))
-            flows.sort(reverse=True)
-            total, carried = sum(f for f, _, _ in flows), 0.0
-            next_layer: list[str] = []
-            for flow, source, target in flows:
-                if carried >= coverage * total - 1e-12:
-                    break
-                carried += flow
-                kept.append((source, target))
-                if source not in rel:
-                    next_layer.append(source)
-                rel[source] = rel.get(source, 0.0) + flow
-            frontier = next_layer
-        return rel, kept
+        return circuits.propagate(start, lambda target: self.shares(target, cls).items(), coverage)
 
     def circuit(self, cls: int | str, coverage: float = 0.8) -> dict[str, Any]:
         """The subgraph carrying `coverage` of a class's relevance: {"class", "nodes", "edges", "relevance"}."""

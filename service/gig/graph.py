@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gig.layers import LOGITS
+from gigaudit import circuits
 
 FORMAT = "gigaudit.concept-graph/1"
 N_EXEMPLARS = 8
@@ -255,26 +256,14 @@ class ConceptGraph:
         are kept until they carry ``coverage`` of that layer's total; a source's relevance is the sum of its kept
         flows. Returns ``{"class": id, "nodes": [...], "edges": [(source, target), ...], "relevance": {id: r}}``.
         """
-        if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0 < coverage <= 1:
-            raise ValueError(f"coverage must be in (0, 1], got {coverage!r}")
+        circuits.check_coverage(coverage)
         c = self.class_index(cls)
         graph = self.class_graph(c)
         start = node_id(LOGITS, c)
-        relevance, kept, frontier = {start: 1.0}, [], {start}
-        incoming: dict[str, list[dict]] = {}
+        incoming: dict[str, list[tuple[str, float]]] = {}
         for e in graph.edges():
-            incoming.setdefault(e["target"], []).append(e)
-        while frontier:
-            flows = sorted(((relevance[e["target"]] * abs(e["share"]), e["source"], e["target"])
-                            for r in frontier for e in incoming.get(r, []) if e["share"]), reverse=True)
-            goal, carried, frontier = coverage * sum(f for f, _, _ in flows), 0.0, set()
-            for flow, source, target in flows:
-                if carried >= goal - 1e-12:
-                    break
-                carried += flow
-                kept.append((source, target))
-                frontier.add(source)
-                relevance[source] = relevance.get(source, 0.0) + flow
+            incoming.setdefault(e["target"], []).append((e["source"], e["share"]))
+        relevance, kept = circuits.propagate({start: 1.0}, lambda target: incoming.get(target, ()), coverage)
         return {"class": start, "nodes": sorted(relevance), "edges": kept, "relevance": relevance}
 
     def prune(self, top_k: int) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,14 +24,21 @@ def serve(argv: list[str]) -> None:
         parser.error(str(exc))
     from gigaudit_server.server import GigauditServer
 
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        if stop.is_set():  # a second signal: skip the grace
+            os._exit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     server = GigauditServer(settings).start()
     print(f"gigaudit API listening on {settings.host}:{server.port}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    stop.wait()
+    logging.getLogger(__name__).info("stopping (grace %.1f s)", settings.shutdown_grace_s)
     server.stop()
+    _exit_now()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +52,16 @@ def main(argv: list[str] | None = None) -> None:
 def _worker(argv: list[str]) -> None:
     from gigaudit_server.worker import main as worker_main  # imports torch
 
-    worker_main.main(argv)
+    worker_main.main(argv)  # returns after SIGTERM / SIGINT, its job handed back
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Exit 0 without the interpreter's teardown of torch and gig (1-2 s): everything was stopped already."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="per image, against decompression bombs")
     dataset_uri_allowlist: list[str] = Field(
         default_factory=list, description="URI prefixes RegisterDataset may read, e.g. s3://bucket/datasets/")
-    validate_timeout_s: float = Field(120.0, gt=0, description="how long UploadModel waits for validation")
+    request_id_ttl_s: float = Field(24 * 3600.0, gt=0, description="how long a request id is remembered (AIP-155)")
+    finished_ttl_s: float = Field(7 * 86400.0, ge=0, description="how long a finished operation is kept (0: for ever)")
+    dead_letter_ttl_s: float = Field(30 * 86400.0, ge=0, description="how long a dead letter is kept (0: for ever)")
     max_workers: int = Field(64, ge=1, description="threads serving RPCs (streams hold one each)")
+    max_upload_streams: int | None = Field(
+        None, ge=1, description="concurrent upload streams (the rest: RESOURCE_EXHAUSTED); unset: max_workers // 2")
+    max_watch_streams: int | None = Field(
+        None, ge=1, description="concurrent server streams (WatchOperation); unset: max_workers // 4")
+    stream_idle_timeout_s: float = Field(60.0, gt=0, description="an upload stream silent this long is ended")
     health_interval_s: float = Field(2.0, gt=0, description="how often worker heartbeats are checked")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="on stop: time in-flight RPCs get before cancelled")
     # Security and limits (gigaudit_server.api.auth, .tls, .limits, .probes)
     health_port: int | None = Field(None, ge=0, le=65535, description="plaintext port serving only health checks")
     tls_cert_file: str | None = Field(None, description="PEM certificate chain; with tls_key_file: TLS on the API port")

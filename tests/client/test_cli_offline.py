@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import tarfile
+from argparse import Namespace
 
 import grpc
 import pytest
@@ -11,8 +12,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from PIL import Image
 
-from gigaudit.cli import _resource_id, main
-from gigaudit.client import _archive
+from gigaudit.cli import _audit_options, _digest, _model_registration, _stem, main
+from gigaudit.client import _archive, _child, _transport_failure, list_filter
 from gigaudit.errors import GigauditError
 
 
@@ -92,8 +93,7 @@ def test_folder_is_packed_deterministically(tmp_path):
     with _archive(tmp_path / "data") as (second, _):
         assert second.read_bytes() == digest
     assert names == ["cat/a.png", "dog/a.png"] and not first.exists()
-    assert _resource_id(tmp_path / "data") == _resource_id(tmp_path / "data")
-    assert _resource_id(tmp_path / "data").startswith("data-")
+    assert _stem(tmp_path / "data") == "data" and _stem(tmp_path / "2024 Set.tar") == "r-2024-set"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         with _archive(tmp_path / "empty"):
@@ -103,7 +103,79 @@ def test_folder_is_packed_deterministically(tmp_path):
             pass
 
 
-def test_serve_is_forwarded_to_the_server_package(capfd):
+def test_serve_becomes_the_server_process():
     pytest.importorskip("gigaudit_server")
-    assert main(["serve", "--help"]) == 0
-    assert "--redis-url" in capfd.readouterr().out
+    done = subprocess.run([sys.executable, "-m", "gigaudit.cli", "serve", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "--redis-url" in done.stdout and "--shutdown-grace-s" in done.stdout
+    assert "usage: gigaudit_server serve" in done.stdout
+
+
+def _registration(tmp_path, **changed):
+    weights = tmp_path / "Net.v2.safetensors"
+    if not weights.exists():
+        weights.write_bytes(b"weights")
+    args = dict(model=weights, arch="resnet18", num_classes=10, class_names=[], input_size=224,
+                mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    return _model_registration(Namespace(**{**args, **changed}))
+
+
+@pytest.mark.parametrize("changed", [dict(mean=[0.5, 0.5, 0.5]), dict(std=[0.2, 0.2, 0.2]), dict(input_size=32),
+                                     dict(class_names=["a", "b"]), dict(arch="resnet50"), dict(num_classes=9)])
+def test_a_models_ids_cover_every_setting_that_changes_the_audit(tmp_path, changed):
+    model_id, request_id, wanted = _registration(tmp_path)
+    assert model_id.startswith("net-") and _registration(tmp_path) == (model_id, request_id, wanted)
+    other_id, other_request, _ = _registration(tmp_path, **changed)
+    assert other_id != model_id and other_request != request_id
+    (tmp_path / "Net.v2.safetensors").write_bytes(b"other weights")
+    assert _registration(tmp_path)[0] != model_id
+
+
+def test_an_audits_ids_cover_every_option():
+    base = Namespace(layers=[], n_concepts=0, seed=0, steps=0, top_t=0)
+    digest = _digest(_audit_options(base, "models/m", "datasets/d"))
+    assert digest == _digest(_audit_options(Namespace(**vars(base)), "models/m", "datasets/d"))
+    for change in (dict(layers=["layer4"]), dict(n_concepts=8), dict(seed=1), dict(steps=4), dict(top_t=2)):
+        assert _digest(_audit_options(Namespace(**{**vars(base), **change}), "models/m", "datasets/d")) != digest
+    assert _digest(_audit_options(base, "models/other", "datasets/d")) != digest
+    assert _digest(_audit_options(base, "models/m", "datasets/other")) != digest
+
+
+def test_list_filters_and_child_names():
+    assert list_filter() == "" and list_filter(owner="ann") == "owner=ann"
+    assert list_filter(state="running", owner="ann") == "state=RUNNING AND owner=ann"
+    assert _child("conceptSets", "m/c") == "models/m/conceptSets/c"
+    assert _child("conceptGraphs", "models/m/conceptGraphs/g") == "models/m/conceptGraphs/g"
+    with pytest.raises(ValueError, match="MODEL/ID"):
+        _child("conceptSets", "models/m/conceptGraphs/g")
+
+
+def test_unreachable_server_is_one_line_exit_2_and_not_retried_as_an_answer(capsys):
+    assert main(["models", "delete", "m", "--force", "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gigaudit: server error: UNAVAILABLE") and err.count("\n") == 1 and "Traceback" not in err
+    with grpc.insecure_channel("127.0.0.1:1") as channel:
+        with pytest.raises(grpc.RpcError) as exc:
+            channel.unary_unary("/x.Y/Z")(b"", timeout=2)
+    assert _transport_failure(exc.value)  # no connection: the stream may be sent again
+
+
+def test_new_commands_need_their_arguments(capsys):
+    for argv in (["concept-sets", "list"], ["graphs", "delete"], ["dead-letters", "retry"], ["models", "delete"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--server", "127.0.0.1:1"])
+        assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["operations", "list", "--state", "sleeping", "--server", "127.0.0.1:1"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["concept-sets", "delete", "just-one-part", "--server", "127.0.0.1:1"]) == 2
+    assert "MODEL/ID" in capsys.readouterr().err
+
+
+def test_one_line_keeps_the_details():
+    bad = error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field="force", description="models/m has concept sets")])
+    packed = any_pb2.Any()
+    packed.Pack(bad)
+    error = GigauditError.from_status(status_pb2.Status(code=9, message="in use", details=[packed]))
+    assert error.one_line() == "FAILED_PRECONDITION: in use (field force: models/m has concept sets)"

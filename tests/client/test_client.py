@@ -12,6 +12,7 @@ from PIL import Image
 from gigaudit import AuditClient, GigauditError
 from gigaudit.cli import main
 from gigaudit.embedded import embedded_server
+from gigaudit.v1 import resource_state_pb2
 
 gig_synthetic = pytest.importorskip("gig.synthetic")
 WEIGHTS = gig_synthetic.ASSETS / "partsnet.safetensors"
@@ -58,6 +59,26 @@ def test_upload_model_is_idempotent_per_request_id(client):
     assert "parts-a" in [m.name.split("/")[1] for m in client.list_models()]
     layers = client.list_layers("parts-a")
     assert layers.default_layers and all(any(l.name == d for l in layers.layers) for d in layers.default_layers)
+
+
+def test_upload_is_sent_once_then_waits_on_the_operation_while_the_worker_is_busy(client, monkeypatch):
+    import gigaudit.client as client_module
+
+    sent = []
+    chunks = client_module._chunks
+    monkeypatch.setattr(client_module, "_chunks", lambda *a: (sent.append(a[0]), chunks(*a))[1])
+    busy = client.probe(sleep=4.0)  # the only (embedded) worker
+    with pytest.raises(GigauditError) as exc:
+        client.upload_model(WEIGHTS, "parts-busy", request_id="req-parts-busy", timeout=0.5, **MODEL)
+    assert exc.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and len(sent) == 1  # waited, did not re-send
+    creating = client.get_model("parts-busy")
+    assert creating.state == resource_state_pb2.RESOURCE_STATE_CREATING and creating.operation
+    op = client.upload_model(WEIGHTS, "parts-busy", request_id="req-parts-busy", wait=False, **MODEL)
+    assert op.name == creating.operation  # the same upload again: the same operation, nothing registered twice
+    model = client.wait(op.name, progress=False)
+    assert model.name == "models/parts-busy" and client.get_model("parts-busy").state == \
+        resource_state_pb2.RESOURCE_STATE_ACTIVE
+    client.wait(busy.name, progress=False)
 
 
 def test_errors_carry_the_servers_details(client, tmp_path):
@@ -111,7 +132,28 @@ def test_cli_audit_writes_report_and_gates(server, dataset_dir, tmp_path, capsys
     (tmp_path / "strict.yaml").write_text("concentration:\n  max_share: 0.01\n")
     assert main(args + ["--out", str(tmp_path / "b"), "--policy", str(tmp_path / "strict.yaml")]) == 1
     assert json.loads((tmp_path / "b" / "graph.json").read_text()) == graph
-    assert "policy check failed: concentration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "policy check failed: concentration" in err
+    audit_id = re.search(r"audit (audit-[0-9a-f]+): operation", err).group(1)
+    model = _only_model(server)
+    # the resources it made: listed, refused while in use, deleted with --force
+    assert main(["concept-sets", "list", model, "--server", server]) == 0
+    assert f"{model}/conceptSets/{audit_id}" in [c["name"] for c in json.loads(capsys.readouterr().out)]
+    assert main(["graphs", "list", model, "--server", server]) == 0
+    assert f"{model}/conceptGraphs/{audit_id}" in [g["name"] for g in json.loads(capsys.readouterr().out)]
+    assert main(["concept-sets", "delete", f"{model}/conceptSets/{audit_id}", "--server", server]) == 2
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    assert main(["graphs", "delete", f"{model.split('/')[1]}/{audit_id}", "--server", server]) == 0
+    assert main(["models", "delete", model, "--server", server]) == 2  # its concept set still uses it
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    assert main(["models", "delete", model, "--force", "--server", server]) == 0
+    assert main(["models", "get", model, "--server", server]) == 2
+
+
+def _only_model(server) -> str:
+    with AuditClient(server) as c:
+        (model,) = [m.name for m in c.list_models() if m.name.startswith("models/partsnet-")]
+    return model
 
 
 def test_cli_reports_server_errors_with_exit_2(server, tmp_path, capsys):
@@ -130,6 +172,10 @@ def test_cli_manages_operations(server, client, capsys):
     assert json.loads(capsys.readouterr().out)["done"] is True
     assert main(["operations", "list", "--server", server]) == 0
     assert op.name in [o["name"] for o in json.loads(capsys.readouterr().out)]
+    assert main(["operations", "list", "--state", "succeeded", "--server", server]) == 0
+    assert op.name in [o["name"] for o in json.loads(capsys.readouterr().out)]
+    assert main(["operations", "list", "--state", "running", "--owner", "nobody", "--server", server]) == 0
+    assert op.name not in [o["name"] for o in json.loads(capsys.readouterr().out)]
     assert main(["operations", "delete", op.name, "--server", server]) == 0
     assert main(["operations", "get", op.name, "--server", server]) == 2
 

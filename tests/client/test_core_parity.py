@@ -41,3 +41,12 @@ def test_circuits_and_shares_match_the_core(seed):
         for target in {e["target"] for e in class_graph.edges()}:
             expected = {e["source"]: e["share"] for e in class_graph.edges() if e["target"] == target}
             assert view.shares(target, cls) == pytest.approx(expected)
+
+
+def test_the_shared_circuit_logic_imports_without_grpc_or_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gigaudit.circuits; print(sorted({'grpc', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -67,7 +67,8 @@ def store(tmp_path) -> str:
 def api(redis_client, redis_url, store):
     thread, stop = h.start_worker(redis_url, store)
     api = Api(h.start_server(redis_url, store))
-    api.models.UploadModel(h.model_requests("parts", h.partsnet_bytes()))
+    model = h.registered_model(api.channel, "parts", h.partsnet_bytes())
+    api.ops.DeleteOperation(lro_pb.DeleteOperationRequest(name=model.operation))  # the model stays registered
     api.datasets.UploadDataset(h.dataset_requests("shapes", h.parts_tar(N_IMAGES)))
     yield api
     api.close()

@@ -59,7 +59,7 @@ def test_node_client_against_the_server(node_modules, tmp_path):
         seen = json.loads(done.stdout)
         python_view = client.get_model("from-node")
         final = client.get_operation(op.name)
-    assert "partsnet" in seen["architectures"]
+    assert "partsnet" in seen["architectures"] and seen["validated"] is True
     assert seen["model"] == {"name": "models/from-node", "sha256": python_view.sha256,
                              "size_bytes": str(weights.stat().st_size)}
     assert set(seen["models"]) == {"models/from-node", "models/from-python"}

@@ -1,4 +1,5 @@
-"""ModelService over real gRPC on loopback, a real Redis and a real worker: uploads, validation, refusals."""
+"""ModelService over real gRPC on loopback, a real Redis and a real worker: uploads, validation as an operation,
+refusals, deletes."""
 from __future__ import annotations
 
 import io
@@ -14,18 +15,51 @@ import api_harness as h
 from api_harness import server, store, worker  # noqa: F401 (fixtures)
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
+from gigaudit.v1 import resource_state_pb2 as state_pb
+
+
+class PartsNetBytes:
+    @staticmethod
+    def other() -> bytes:
+        """Valid safetensors of a PartsNet with 4 classes (does not fit a 6-class registration)."""
+        from gig.synthetic import PartsNet
+
+        return save_safetensors({k: v.contiguous() for k, v in PartsNet(num_classes=4).state_dict().items()})
 
 
 @pytest.fixture
-def models(server):
+def channel(server):
     with h.channel(server) as channel:
-        yield model_grpc.ModelServiceStub(channel)
+        yield channel
 
 
-def test_upload_registers_a_validated_model_and_lists_its_layers(models, worker):
+@pytest.fixture
+def models(channel):
+    return model_grpc.ModelServiceStub(channel)
+
+
+def validation_error(channel, operation):
+    """The status a finished validation operation failed with."""
+    done = h.wait_operation(channel, operation.name)
+    assert done.HasField("error"), "the validation was expected to fail"
+    return grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == done.error.code)), done.error.message
+
+
+def test_upload_answers_an_operation_at_once_and_the_model_is_creating_until_validated(models, channel):
     data = h.partsnet_bytes()
-    model = models.UploadModel(h.model_requests("parts", data))
+    operation = models.UploadModel(h.model_requests("parts", data), timeout=10)  # no worker runs
+    assert operation.name.startswith("operations/") and not operation.done
+    model = models.GetModel(model_pb.GetModelRequest(name="models/parts"))
+    assert model.state == state_pb.RESOURCE_STATE_CREATING and model.operation == operation.name
+    h.refused(lambda: models.ListLayers(model_pb.ListLayersRequest(parent="models/parts")),
+              grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def test_upload_registers_a_validated_model_and_lists_its_layers(models, channel, worker):
+    data = h.partsnet_bytes()
+    model = h.registered_model(channel, "parts", data)
     assert model.name == "models/parts" and model.sha256 and model.size_bytes == len(data)
+    assert model.state == state_pb.RESOURCE_STATE_ACTIVE
     assert model.default_layers, "validation reports the default layers"
     assert models.GetModel(model_pb.GetModelRequest(name="models/parts")) == model
     layers = models.ListLayers(model_pb.ListLayersRequest(parent="models/parts"))
@@ -36,13 +70,17 @@ def test_upload_registers_a_validated_model_and_lists_its_layers(models, worker)
     assert "partsnet" in {a.name for a in models.ListArchitectures(model_pb.ListArchitecturesRequest()).architectures}
 
 
-def test_retried_upload_returns_the_original_and_another_request_is_refused(models, worker):
+def test_retried_upload_returns_the_original_and_another_request_is_refused(models, channel, worker):
     data = h.partsnet_bytes()
     first = models.UploadModel(h.model_requests("parts", data, request_id="r-1"))
-    assert models.UploadModel(h.model_requests("parts", data, request_id="r-1")) == first
+    assert models.UploadModel(h.model_requests("parts", data, request_id="r-1")).name == first.name
     error = h.refused(lambda: models.UploadModel(h.model_requests("parts", data, request_id="r-2")),
-                    grpc.StatusCode.ALREADY_EXISTS)
+                      grpc.StatusCode.ALREADY_EXISTS)
     assert h.details_of(error)["ResourceInfo"].resource_name == "models/parts"
+    other = PartsNetBytes.other()
+    error = h.refused(lambda: models.UploadModel(h.model_requests("parts", other, request_id="r-1")),
+                      grpc.StatusCode.ALREADY_EXISTS)
+    assert "r-1" in error.details() and "different" in error.details()
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torchscript", "garbage"])
@@ -76,13 +114,12 @@ def test_truncated_upload_and_wrong_sha256_store_nothing(models, tmp_path):
     assert not models.ListModels(model_pb.ListModelsRequest()).models
 
 
-def test_weights_that_do_not_fit_the_architecture_are_refused_listing_the_keys(models, worker, tmp_path):
-    from gig.synthetic import PartsNet
-
-    data = save_safetensors({k: v.contiguous() for k, v in PartsNet(num_classes=4).state_dict().items()})
-    error = h.refused(lambda: models.UploadModel(h.model_requests("four", data, num_classes=6)),
-                    grpc.StatusCode.INVALID_ARGUMENT)
-    assert "mis-shaped keys" in error.details() and "[4" in error.details(), error.details()
+def test_weights_that_do_not_fit_the_architecture_fail_their_operation_listing_the_keys(models, channel, worker,
+                                                                                      tmp_path):
+    data = PartsNetBytes.other()
+    code, message = validation_error(channel, models.UploadModel(h.model_requests("four", data, num_classes=6)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "mis-shaped keys" in message and "[4" in message, message
     assert h.stored_files(tmp_path, "weights") == [], "refused weights are removed again"
     h.refused(lambda: models.GetModel(model_pb.GetModelRequest(name="models/four")), grpc.StatusCode.NOT_FOUND)
 
@@ -100,10 +137,10 @@ def test_bad_headers_name_each_field(models, worker):
             grpc.StatusCode.INVALID_ARGUMENT)
 
 
-def test_list_pages_and_delete(models, worker, tmp_path):
+def test_list_pages_and_delete(models, channel, worker, tmp_path):
     data = h.partsnet_bytes()
     for name in ("a", "b", "c"):
-        models.UploadModel(h.model_requests(name, data))
+        h.registered_model(channel, name, data)
     first = models.ListModels(model_pb.ListModelsRequest(page_size=2))
     second = models.ListModels(model_pb.ListModelsRequest(page_size=2, page_token=first.next_page_token))
     assert [m.name for m in (*first.models, *second.models)] == ["models/a", "models/b", "models/c"]

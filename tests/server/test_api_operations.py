@@ -5,8 +5,8 @@ import time
 
 import grpc
 import pytest
-from google.longrunning import operations_proto_pb2 as lro_pb
 from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro_pb
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -67,6 +67,12 @@ def test_retried_submit_with_a_request_id_starts_no_second_job(stubs):
     assert again.name == first.name
     assert len(ops.ListOperations(lro_pb.ListOperationsRequest()).operations) == 1
     assert probe(probes, 0.1, request_id="other").name != first.name
+    # the same id with another request is a conflict that names the id, and queues nothing
+    with pytest.raises(grpc.RpcError) as info:
+        probe(probes, 0.2, request_id="same")
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "same" in info.value.details() and "different" in info.value.details(), info.value.details()
+    assert len(ops.ListOperations(lro_pb.ListOperationsRequest()).operations) == 2
 
 
 def test_watch_streams_progress_until_done(stubs, worker):
@@ -111,6 +117,18 @@ def test_probe_input_and_list_filter_are_checked(stubs):
     with pytest.raises(grpc.RpcError) as info:
         ops.ListOperations(lro_pb.ListOperationsRequest(filter="state=SLEEPING"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "QUEUED" in info.value.details()
+    for bad in ("owner=", "state=QUEUED OR owner=x", "state=QUEUED AND", "colour=red"):
+        with pytest.raises(grpc.RpcError) as info:
+            ops.ListOperations(lro_pb.ListOperationsRequest(filter=bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+
+def test_list_operations_filters_by_state_and_owner(stubs):
+    probes, ops, _, _ = stubs
+    queued = probe(probes, 5)  # no worker: stays queued
+    listed = ops.ListOperations(lro_pb.ListOperationsRequest(filter="state=QUEUED"))
+    assert [o.name for o in listed.operations] == [queued.name]
+    assert not ops.ListOperations(lro_pb.ListOperationsRequest(filter="state=QUEUED AND owner=nobody")).operations
 
 
 def test_health_follows_worker_heartbeats_and_reflection_lists_the_services(redis_url, stubs, store):

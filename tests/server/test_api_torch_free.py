@@ -58,8 +58,8 @@ def test_serve_with_a_redis_url_stays_torch_free_while_serving(redis_client, red
 @pytest.mark.slow
 def test_a_worker_process_started_through_the_entry_point_serves_the_api(redis_client, redis_url, tmp_path):
     """`python -m gigaudit_server worker` publishes its architectures and runs the jobs the API queues."""
-    from google.longrunning import operations_proto_pb2 as lro_pb
     from google.longrunning import operations_pb2_grpc as lro_grpc
+    from google.longrunning import operations_proto_pb2 as lro_pb
     from google.protobuf import duration_pb2
 
     store = f"file://{tmp_path}/store"

@@ -12,19 +12,19 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gigaudit_server import config
-from gigaudit_server.api import errors
-from gigaudit_server.api import names, uploads
-from gigaudit_server.storage.catalog import AlreadyExists, Catalog
+from gigaudit_server.api import errors, names, uploads
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ errors
 def test_library_errors_map_to_codes_with_error_info():
-    for exc, code in ((ValueError("bad"), code_pb2.INVALID_ARGUMENT), (KeyError("gone"), code_pb2.NOT_FOUND),
+    # a stray KeyError is a bug, not a missing resource: it surfaces as INTERNAL (servicers answer NOT_FOUND explicitly)
+    for exc, code in ((ValueError("bad"), code_pb2.INVALID_ARGUMENT), (KeyError("gone"), code_pb2.INTERNAL),
                       (TimeoutError(), code_pb2.DEADLINE_EXCEEDED), (RuntimeError("secret"), code_pb2.INTERNAL)):
         status = errors.to_status(exc)
         assert status.code == code
@@ -39,39 +39,6 @@ def test_invalid_argument_carries_one_violation_per_field():
     assert [(v.field, v.description) for v in bad.field_violations] == [("a.b", "too big"), ("c", "missing")]
     info = error_details_pb2.ErrorInfo()
     assert status.details[1].Unpack(info) and info.domain == "gigaudit"
-
-
-# ------------------------------------------------------------------ catalog
-def test_catalog_create_is_atomic_and_idempotent_per_request_id(redis_client):
-    catalog = Catalog(redis_client)
-    record, created = catalog.create("models", "m", {"name": "models/m"}, request_id="r")
-    assert created and catalog.get("models", "m") == record
-    assert catalog.create("models", "m", {"name": "other"}, request_id="r") == (record, False)
-    with pytest.raises(AlreadyExists):
-        catalog.create("models", "m", {"name": "models/m"}, request_id="s")
-    with pytest.raises(AlreadyExists):
-        catalog.create("models", "m", {"name": "models/m"})
-    assert catalog.update("models", "m", state="X")["state"] == "X"
-    catalog.delete("models", "m")
-    with pytest.raises(KeyError):
-        catalog.get("models", "m")
-    with pytest.raises(ValueError, match="valid: models"):
-        catalog.get("nonsense", "m")
-
-
-def test_catalog_pages_cover_every_record_once(redis_client):
-    catalog = Catalog(redis_client)
-    for i in range(7):
-        catalog.create("datasets", f"d{i}", {"i": i, "create_time": float(i)})
-    seen, token = [], ""
-    while True:
-        page, token = catalog.list("datasets", page_size=3, page_token=token)
-        seen += [r["i"] for r in page]
-        if not token:
-            break
-    assert seen == list(range(7))
-    with pytest.raises(ValueError, match="does not belong"):
-        catalog.list("models", page_token=catalog.list("datasets", page_size=3)[1])
 
 
 # ------------------------------------------------------------------ safetensors sniffing

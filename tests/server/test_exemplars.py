@@ -7,8 +7,8 @@ import zipfile
 import grpc
 import numpy as np
 import pytest
-from google.longrunning import operations_proto_pb2 as lro_pb
 from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro_pb
 from google.protobuf import duration_pb2
 from PIL import Image
 
@@ -19,8 +19,15 @@ from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
-from gigaudit_server.storage.exemplars import (ierf_png, merge_bundles, read_bundle, read_exemplars, rendered_concepts,
-                                       thumbnail_png, write_bundle)
+from gigaudit_server.storage.exemplars import (
+    ierf_png,
+    merge_bundles,
+    read_bundle,
+    read_exemplars,
+    rendered_concepts,
+    thumbnail_png,
+    write_bundle,
+)
 
 
 def picture(h=8, w=6):
@@ -91,7 +98,7 @@ def test_only_shown_concepts_are_rendered_and_others_on_demand(server, worker, s
     channel = h.channel(server)
     models, datasets = model_grpc.ModelServiceStub(channel), dataset_grpc.DatasetServiceStub(channel)
     audits, ops = audit_grpc.AuditServiceStub(channel), lro_grpc.OperationsStub(channel)
-    models.UploadModel(h.model_requests("parts", h.partsnet_bytes()))
+    h.registered_model(channel, "parts", h.partsnet_bytes())
     datasets.UploadDataset(h.dataset_requests("shapes", h.parts_tar(12)))
     layers = ["features.2", "features.3"]
     made = wait(ops, audits.ExtractConcepts(audit_pb.ExtractConceptsRequest(

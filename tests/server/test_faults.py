@@ -109,7 +109,7 @@ def test_worker_killed_during_the_reduce_loses_nothing(queue, spawn):
 
 
 def test_a_job_whose_workers_keep_dying_is_dead_lettered(queue):
-    queue = JobQueue(queue.redis, max_attempts=2, heartbeat_ttl=TTL)
+    queue = JobQueue(queue.redis, max_attempts=2, heartbeat_ttl=TTL, reclaim_grace=0)
     job = queue.submit("count", {"n": 1})
     assert queue.claim_next("first", 100).job.attempt == 1
     queue.redis.delete(keys.heartbeat("first"))  # dies

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from google.longrunning import operations_proto_pb2 as lro_pb
 from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro_pb
 
 import api_harness as h
 from gigaudit_server import keys

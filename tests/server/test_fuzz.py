@@ -1,10 +1,15 @@
-"""Bad-input fuzzing (hypothesis) of the request and upload parsers: every answer is a clear status, never
-INTERNAL or UNKNOWN, and the server keeps serving. Requests are built field by field from the proto descriptors."""
+"""Bad-input fuzzing (hypothesis) of the request and upload parsers, with a strict oracle: each method has the few
+statuses a server with nothing registered, no worker and no authentication may answer with (INTERNAL, UNKNOWN and
+UNAVAILABLE never), and the server keeps serving. Requests are built field by field from the proto descriptors. The
+bad inputs of issue 8 (broken archives, the reserved id ``index``, forged page tokens, malformed filters) are replayed
+as a fixed corpus, each with the one status it must get."""
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 
+import bad_inputs
 import grpc
 import pytest
 from google.longrunning import operations_proto_pb2 as lro_pb
@@ -14,22 +19,42 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import api_harness as h
-from gigaudit.v1 import audit_service_pb2, dataset_service_pb2, model_service_pb2, probe_service_pb2
-from gigaudit_server.storage import archives as datasets
+from gigaudit.v1 import admin_service_pb2, audit_service_pb2, dataset_service_pb2, model_service_pb2, probe_service_pb2
 from gigaudit_server.api import uploads
+from gigaudit_server.storage import archives as datasets
 
-CLEAR = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
-         grpc.StatusCode.PERMISSION_DENIED}
+C = grpc.StatusCode
+BAD, MISSING = C.INVALID_ARGUMENT, C.NOT_FOUND
+# What each method may answer on an empty server (no resources, no worker, no auth, no URI allow-list).
+EXPECTED = {
+    **dict.fromkeys(["GetModel", "DeleteModel", "ListLayers", "GetDataset", "DeleteDataset", "GetConceptSet",
+                     "GetConceptGraph", "GetConceptExemplars", "DeleteConceptSet", "DeleteConceptGraph",
+                     "WatchOperation", "GetOperation", "DeleteOperation", "CancelOperation", "WaitOperation",
+                     "RetryDeadLetter"], {BAD, MISSING}),
+    **dict.fromkeys(["ListModels", "ListDatasets", "ListOperations", "ListDeadLetters"], {C.OK, BAD}),
+    # AIP-132: listing under a model that does not exist may be NOT_FOUND or an empty page
+    **dict.fromkeys(["ListConceptSets", "ListConceptGraphs"], {C.OK, BAD, MISSING}),
+    **dict.fromkeys(["ExtractConcepts", "BuildConceptGraph", "Audit", "RenderExemplars"], {BAD, MISSING}),
+    **dict.fromkeys(["UploadModel", "UploadDataset"], {BAD, C.RESOURCE_EXHAUSTED}),
+    "RegisterDataset": {BAD, C.PERMISSION_DENIED},
+    "ListArchitectures": {C.OK},
+    # a probe's request id reused with another sleep is a different request
+    "SubmitProbe": {C.OK, BAD, C.ALREADY_EXISTS},
+}
+assert not any(C.INTERNAL in codes or C.UNKNOWN in codes for codes in EXPECTED.values())
 SERVICES = [model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
             dataset_service_pb2.DESCRIPTOR.services_by_name["DatasetService"],
             audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
             probe_service_pb2.DESCRIPTOR.services_by_name["ProbeService"],
+            admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
             lro_pb.DESCRIPTOR.services_by_name["Operations"]]
 METHODS = [m for s in SERVICES for m in s.methods]
 NAMES = ["", "models/m", "models/m/conceptSets/s", "models/m/conceptGraphs/g", "datasets/d", "operations/x",
          "operations", "models/../etc", "models/" + "a" * 300, "models/m/", "/", "models/M_1", "state=QUEUED",
-         "state=NOPE", "file:///etc/passwd", "s3://bucket/../x", "\x00", "models/\u00e9"]
+         "state=NOPE", "file:///etc/passwd", "s3://bucket/../x", "\x00", "models/\u00e9",
+         "index", "models/index", "datasets/index", "models/m/conceptSets/index", "models/index/conceptGraphs/g",
+         "operations/index", "owner=alice", "owner=", "state=QUEUED AND owner=x", "state=QUEUED OR owner=x",
+         *bad_inputs.FORGED_PAGE_TOKENS[:8]]
 F = descriptor.FieldDescriptor
 SCALARS = {
     F.TYPE_STRING: st.one_of(st.sampled_from(NAMES), st.text(max_size=40)),
@@ -103,19 +128,99 @@ def call(channel, method: descriptor.MethodDescriptor, requests: list):
     return grpc.StatusCode.OK, ""
 
 
+def test_every_method_has_its_expected_statuses():
+    assert {m.name for m in METHODS} == set(EXPECTED)
+
+
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
-def test_random_requests_get_clear_statuses(server, method):
+def test_random_requests_get_their_expected_statuses(server, method):
+    expected = EXPECTED[method.name]
+
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(st.lists(messages(method.input_type), min_size=1, max_size=4 if method.client_streaming else 1))
     def check(requests):
         with h.channel(server) as channel:
             code, details = call(channel, method, requests)
-        assert code in CLEAR, (method.name, code, details, requests)
+        assert code in expected, (method.name, code, details, requests)
+        assert "Traceback" not in details and "internal error" not in details, details
 
     check()
-    with h.channel(server) as channel:  # still serving
+    with h.channel(server) as channel:  # still serving (no worker: the queue is not served)
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert health.status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# --- the bad inputs of issue 8, each with the one status it must get ----------------------------------------------
+def _unary(channel, service: str, method: str, request):
+    return lambda: channel.unary_unary(f"/{service}/{method}", request_serializer=lambda m: m.SerializeToString())(
+        request, timeout=20)
+
+
+def _dataset_upload(channel, dataset_id: str, data: bytes):
+    return lambda: channel.stream_unary("/gigaudit.v1.DatasetService/UploadDataset", request_serializer=lambda m: (
+        m.SerializeToString()))(h.dataset_requests(dataset_id, data), timeout=20)
+
+
+def _corpus(family: str, channel) -> dict:
+    """``{label: call}`` of one family of bad inputs; every call must answer INVALID_ARGUMENT."""
+    models, sets = "gigaudit.v1.ModelService", "gigaudit.v1.AuditService"
+    data_service, ops = "gigaudit.v1.DatasetService", "google.longrunning.Operations"
+    m, d, a = model_service_pb2, dataset_service_pb2, audit_service_pb2
+    if family == "archives":
+        archives = {**bad_inputs.BAD_ARCHIVES, "non-utf8-class-tar": bad_inputs.non_utf8_class_tar,
+                    "non-utf8-class-tar-gz": lambda: bad_inputs.non_utf8_class_tar(True)}
+        return {label: _dataset_upload(channel, "bad", make()) for label, make in archives.items()}
+    if family == "reserved-id":
+        index = bad_inputs.RESERVED_ID
+        return {
+            "GetModel": _unary(channel, models, "GetModel", m.GetModelRequest(name=f"models/{index}")),
+            "DeleteModel": _unary(channel, models, "DeleteModel", m.DeleteModelRequest(name=f"models/{index}")),
+            "ListLayers": _unary(channel, models, "ListLayers", m.ListLayersRequest(parent=f"models/{index}")),
+            "GetDataset": _unary(channel, data_service, "GetDataset", d.GetDatasetRequest(name=f"datasets/{index}")),
+            "DeleteDataset": _unary(channel, data_service, "DeleteDataset",
+                                    d.DeleteDatasetRequest(name=f"datasets/{index}")),
+            "GetConceptSet": _unary(channel, sets, "GetConceptSet",
+                                    a.GetConceptSetRequest(name=f"models/parts/conceptSets/{index}")),
+            "GetConceptSet(model)": _unary(channel, sets, "GetConceptSet",
+                                           a.GetConceptSetRequest(name=f"models/{index}/conceptSets/s")),
+            "GetConceptGraph": _unary(channel, sets, "GetConceptGraph",
+                                      a.GetConceptGraphRequest(name=f"models/parts/conceptGraphs/{index}")),
+            "UploadDataset": _dataset_upload(channel, index, h.parts_tar(2)),
+        }
+    if family == "page-tokens":
+        listings = {"ListModels": (models, m.ListModelsRequest), "ListDatasets": (data_service, d.ListDatasetsRequest),
+                    "ListOperations": (ops, lro_pb.ListOperationsRequest),
+                    "ListDeadLetters": ("gigaudit.v1.AdminService", admin_service_pb2.ListDeadLettersRequest)}
+        calls = {f"{name}[token{i}]": _unary(channel, service, name, request(page_token=token))
+                 for name, (service, request) in listings.items()
+                 for i, token in enumerate(bad_inputs.FORGED_PAGE_TOKENS)}
+        for name, request in (("ListConceptSets", a.ListConceptSetsRequest),
+                              ("ListConceptGraphs", a.ListConceptGraphsRequest)):
+            calls |= {f"{name}[token{i}]": _unary(channel, sets, name, request(parent="models/parts", page_token=t))
+                      for i, t in enumerate(bad_inputs.FORGED_PAGE_TOKENS)}
+        return calls
+    assert family == "filters"
+    return {f"ListOperations[{text!r}]": _unary(channel, ops, "ListOperations",
+                                                lro_pb.ListOperationsRequest(filter=text))
+            for text in ("owner=", "owner=alice AND", "state=QUEUED OR owner=bob", "owner==alice", "color=red",
+                         "state=QUEUED AND", "AND owner=alice")}
+
+
+@pytest.mark.parametrize("family", ["archives", "reserved-id", "page-tokens", "filters"])
+def test_known_bad_inputs_are_invalid_argument(server, family):
+    """With a model (CREATING: no worker) and a dataset registered, so that every collection exists."""
+    with h.channel(server) as channel:
+        channel.stream_unary("/gigaudit.v1.ModelService/UploadModel", request_serializer=lambda m: (
+            m.SerializeToString()))(h.model_requests("parts", h.partsnet_bytes()), timeout=20)
+        _dataset_upload(channel, "shapes", h.parts_tar(4))()
+        answers = {}
+        for label, request in _corpus(family, channel).items():
+            try:
+                request()
+                answers[label] = C.OK
+            except grpc.RpcError as error:
+                answers[label] = error.code()
+        assert {label: code.name for label, code in answers.items() if code != BAD} == {}
 
 
 # --- the parsers themselves, with many more examples than a server round trip allows -----------------------------
@@ -154,6 +259,7 @@ def _png() -> bytes:
 
 
 TAR = _small_tar()
+TAR_GZ = gzip.compress(TAR, mtime=0)
 LIMITS = datasets.DatasetLimits(max_images=10, max_total_bytes=1 << 20, max_image_pixels=1 << 16)
 
 
@@ -173,3 +279,25 @@ def test_archive_inspection_only_raises_value_error(mutation):
     except ValueError:
         return
     assert 1 <= info.n_images <= LIMITS.max_images
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["tar", "tar.gz"]), st.integers(0, len(TAR) - 1),
+       st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=4))
+def test_truncated_or_damaged_archives_only_raise_value_error(kind, cut, mutation):
+    """A tar or tar.gz of two PNGs cut short and with bytes overwritten."""
+    data = bytearray(TAR if kind == "tar" else TAR_GZ)
+    for offset, value in mutation:
+        data[offset % len(data)] = value
+    try:
+        info = datasets.inspect_archive(io.BytesIO(bytes(data[:cut % len(data)])), LIMITS)
+    except ValueError:
+        return
+    assert 1 <= info.n_images <= LIMITS.max_images
+
+
+@pytest.mark.parametrize("kind", sorted(bad_inputs.BAD_ARCHIVES) + ["non-utf8-class-tar"])
+def test_the_broken_archives_of_issue_8_raise_value_error(kind):
+    make = bad_inputs.BAD_ARCHIVES.get(kind, bad_inputs.non_utf8_class_tar)
+    with pytest.raises(ValueError):
+        datasets.inspect_archive(io.BytesIO(make()), LIMITS)

@@ -6,9 +6,9 @@ import pytest
 import safetensors.torch
 import torch
 
+from gigaudit_server.storage.artifacts import ArtifactStore
 from gigaudit_server.worker.architectures import build_architecture
 from gigaudit_server.worker.models import ModelCache, load_model, read_safetensors
-from gigaudit_server.storage.artifacts import ArtifactStore
 
 ARCH = "squeezenet1_1"  # small and fast to build
 

@@ -6,15 +6,20 @@ import secrets
 
 import grpc
 import pytest
-from google.longrunning import operations_proto_pb2 as lro_pb
 from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro_pb
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pki import CertificateAuthority
 
 import api_harness as h
 from api_harness import store  # noqa: F401 (fixture)
 from gigaudit import AuditClient
+from gigaudit.v1 import admin_service_pb2 as admin_pb
+from gigaudit.v1 import admin_service_pb2_grpc as admin_grpc
+from gigaudit.v1 import audit_service_pb2 as audit_pb
+from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit.v1 import model_service_pb2 as model_pb
@@ -23,7 +28,6 @@ from gigaudit.v1 import probe_service_pb2 as probe_pb
 from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
 from gigaudit_server import probes, tls
 from gigaudit_server.api import auth
-from pki import CertificateAuthority
 
 ADMIN, AUDITOR, OTHER_AUDITOR = (secrets.token_urlsafe(24) for _ in range(3))
 
@@ -109,6 +113,17 @@ def test_auditors_read_and_audit_but_only_admins_register_and_delete(start, toke
                                    timeout=10)
         assert code_of(models.DeleteModel, model_pb.DeleteModelRequest(name="models/m"), metadata=bearer(ADMIN),
                        timeout=10) == grpc.StatusCode.NOT_FOUND
+        # dead letters are the admins' business; concept sets and graphs are listed by auditors
+        dead = admin_grpc.AdminServiceStub(channel)
+        assert code_of(dead.ListDeadLetters, admin_pb.ListDeadLettersRequest(), metadata=bearer(AUDITOR),
+                       timeout=10) == denied
+        assert code_of(dead.RetryDeadLetter, admin_pb.RetryDeadLetterRequest(operation=operation.name),
+                       metadata=bearer(AUDITOR), timeout=10) == denied
+        assert not dead.ListDeadLetters(admin_pb.ListDeadLettersRequest(), metadata=bearer(ADMIN),
+                                        timeout=10).dead_letters
+        audits = audit_grpc.AuditServiceStub(channel)
+        assert code_of(audits.ListConceptSets, audit_pb.ListConceptSetsRequest(parent="models/Not_An_Id"),
+                       metadata=bearer(AUDITOR), timeout=10) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_health_and_reflection_need_no_token(start, tokens_file):

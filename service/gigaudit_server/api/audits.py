@@ -5,15 +5,15 @@ so the defaults of the ``gig`` core apply; the API states none of its own.
 """
 from __future__ import annotations
 
+from google.protobuf import empty_pb2
+
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
-from gigaudit_server.api import errors
-from gigaudit_server.storage import exemplars
-from gigaudit_server.api import names, operations, resources
-from gigaudit_server.storage.catalog import AlreadyExists
+from gigaudit_server.api import errors, lifecycle, names, operations, ownership, resources
+from gigaudit_server.queue import schemas
+from gigaudit_server.storage import exemplars, settlement
 
 MAX_CONCEPTS = 65_536
-MAX_STEPS = 1024
 MAX_SHARDS = 64
 MAX_RENDER_CONCEPTS = 1024
 _MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256")
@@ -30,13 +30,16 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         set_id = names.check_id("concept_set_id", request.concept_set_id)
         dataset_id, dataset = self._dataset(request.dataset)
         layers = self._layers(model, list(request.layers))
-        options = _concept_options(request.options, "options")
+        options = _concept_values(request.options)
         set_name = f"{request.parent}/conceptSets/{set_id}"
-        params = {"model": _model_params(model), "dataset": dataset, "layers": layers, "concept_set": set_name, **options}
+        params = _job(schemas.ExtractConcepts, _prefixed("options", options), model=_model_params(model),
+                      dataset=dataset, layers=layers, concept_set=set_name, **options)
+        options = {k: v for k, v in options.items() if v is not None}
         created = [("conceptSets", f"{model_id}/{set_id}", {
-            "name": set_name, "dataset": request.dataset, "layers": layers, "options": options})]
-        return self._start("extract_concepts", params, created, {"models": model_id, "datasets": dataset_id},
-                           request.request_id)
+            "name": set_name, "dataset": request.dataset, "layers": layers, "options": options},
+            [("models", model_id), ("datasets", dataset_id)])]
+        return lifecycle.start(self.backend, _method("ExtractConcepts"), request, "extract_concepts", params,
+                               created, [("models", model_id), ("datasets", dataset_id)])
 
     @errors.handle_errors
     def BuildConceptGraph(self, request, context):
@@ -55,16 +58,16 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         if unknown:
             raise errors.invalid_argument({"layers": f"not in the concept set: {', '.join(unknown)}; its layers: "
                                                      f"{', '.join(concept_set['layers'])}"})
-        options = _graph_options(request.options, "options")
-        shards = options.pop("shard_count", 1)
+        options, shards = _graph_values(request.options, "options")
         graph_name = f"{request.parent}/conceptGraphs/{graph_id}"
-        params = {"model": _model_params(model), "dataset": dataset, "layers": layers, "concept_set": request.concept_set,
-                  "concept_set_sha": concept_set["concept_set_sha"], "concept_graph": graph_name, **options}
+        params = _job(schemas.BuildGraph, _prefixed("options", options), model=_model_params(model), dataset=dataset,
+                      layers=layers, concept_set=request.concept_set, concept_set_sha=concept_set["concept_set_sha"],
+                      concept_graph=graph_name, **options)
+        uses = [("models", model_id), ("datasets", dataset_id), ("conceptSets", f"{model_id}/{set_id}")]
         created = [("conceptGraphs", f"{model_id}/{graph_id}", {
-            "name": graph_name, "concept_set": request.concept_set, "dataset": request.dataset})]
-        return self._start("build_graph", params, created,
-                           {"models": model_id, "datasets": dataset_id, "conceptSets": f"{model_id}/{set_id}"},
-                           request.request_id, shards=shards, reduce_kind="reduce_graph" if shards > 1 else None)
+            "name": graph_name, "concept_set": request.concept_set, "dataset": request.dataset}, uses)]
+        return lifecycle.start(self.backend, _method("BuildConceptGraph"), request, "build_graph", params, created,
+                               uses, shards=shards, reduce_kind="reduce_graph" if shards > 1 else None)
 
     @errors.handle_errors
     def Audit(self, request, context):
@@ -72,32 +75,31 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         audit_id = names.check_id("audit_id", request.audit_id)
         dataset_id, dataset = self._dataset(request.dataset)
         layers = self._layers(model, list(request.layers))
-        concept_options = _concept_options(request.concept_options, "concept_options")
-        graph_options = _graph_options(request.graph_options, "graph_options")
-        if request.evaluation_images < 0:
-            raise errors.invalid_argument({"evaluation_images": "must be >= 0 (0: gig's default)"})
-        if graph_options.pop("shard_count", 1) > 1:
+        concept_options = _concept_values(request.concept_options)
+        graph_options, shards = _graph_values(request.graph_options, "graph_options")
+        if shards > 1:
             raise errors.invalid_argument({"graph_options.shard_count": "an audit runs unsharded; shard with "
                                                                          "BuildConceptGraph"})
         set_name = f"{request.parent}/conceptSets/{audit_id}"
         graph_name = f"{request.parent}/conceptGraphs/{audit_id}"
         # one job runs both steps, so the two methods get names of their own
-        methods = {"clustering": concept_options.get("method"), "quadrature": graph_options.get("method")}
-        params = {"model": _model_params(model), "dataset": dataset, "layers": layers, "concept_set": set_name,
-                  "concept_graph": graph_name, **concept_options, **graph_options,
-                  **{k: v for k, v in methods.items() if v}}
-        params.pop("method", None)
-        if request.metrics:
-            params["metrics"] = list(request.metrics)
-        if request.evaluation_images:
-            params["evaluation_images"] = request.evaluation_images
+        values = {**concept_options, **graph_options, "clustering": concept_options["method"],
+                  "quadrature": graph_options["method"], "metrics": list(request.metrics) or None,
+                  "evaluation_images": request.evaluation_images or None}
+        del values["method"]
+        fields = {**_prefixed("concept_options", concept_options), **_prefixed("graph_options", graph_options),
+                  "clustering": "concept_options.method", "quadrature": "graph_options.method"}
+        params = _job(schemas.Audit, fields, model=_model_params(model), dataset=dataset, layers=layers,
+                      concept_set=set_name, concept_graph=graph_name, **values)
+        concept_options = {k: v for k, v in concept_options.items() if v is not None}
+        uses = [("models", model_id), ("datasets", dataset_id)]
         created = [
             ("conceptSets", f"{model_id}/{audit_id}", {"name": set_name, "dataset": request.dataset, "layers": layers,
-                                                       "options": concept_options}),
+                                                       "options": concept_options}, uses),
             ("conceptGraphs", f"{model_id}/{audit_id}", {"name": graph_name, "concept_set": set_name,
-                                                         "dataset": request.dataset})]
-        return self._start("audit", params, created, {"models": model_id, "datasets": dataset_id},
-                           request.request_id)
+                                                         "dataset": request.dataset},
+             [*uses, ("conceptSets", f"{model_id}/{audit_id}")])]
+        return lifecycle.start(self.backend, _method("Audit"), request, "audit", params, created, uses)
 
     @errors.handle_errors
     def GetConceptSet(self, request, context):
@@ -105,17 +107,38 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         return resources.concept_set_message(self._concept_set(model_id, set_id, request.name))
 
     @errors.handle_errors
+    def ListConceptSets(self, request, context):
+        records, token = self._list("conceptSets", request)
+        return audit_pb.ListConceptSetsResponse(concept_sets=[resources.concept_set_message(r) for r in records],
+                                                next_page_token=token)
+
+    @errors.handle_errors
+    def DeleteConceptSet(self, request, context):
+        model_id, set_id = names.concept_set("name", request.name)
+        lifecycle.delete(self.backend, "conceptSets", f"{model_id}/{set_id}", force=request.force)
+        return empty_pb2.Empty()
+
+    @errors.handle_errors
     def GetConceptGraph(self, request, context):
         model_id, graph_id = names.concept_graph("name", request.name)
-        try:
-            record = resources.concept_graph(self.backend, model_id, graph_id)
-        except KeyError:
-            raise errors.not_found("concept graph", request.name) from None
+        record = self._concept_graph(model_id, graph_id, request.name)
         if request.view == audit_pb.CONCEPT_GRAPH_VIEW_BASIC or record["state"] != "ACTIVE":
             return resources.concept_graph_message(record)
-        graph = resources.load_graph(self.backend.store, record["graph_sha"])
+        graph = settlement.load_graph(self.backend.store, record["graph_sha"])
         return resources.concept_graph_message(record, graph=graph, page_size=request.page_size,
                                                page_token=request.page_token)
+
+    @errors.handle_errors
+    def ListConceptGraphs(self, request, context):
+        records, token = self._list("conceptGraphs", request)
+        return audit_pb.ListConceptGraphsResponse(
+            concept_graphs=[resources.concept_graph_message(r) for r in records], next_page_token=token)
+
+    @errors.handle_errors
+    def DeleteConceptGraph(self, request, context):
+        model_id, graph_id = names.concept_graph("name", request.name)
+        lifecycle.delete(self.backend, "conceptGraphs", f"{model_id}/{graph_id}", force=request.force)
+        return empty_pb2.Empty()
 
     @errors.handle_errors
     def GetConceptExemplars(self, request, context):
@@ -154,55 +177,29 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         dataset_id = names.dataset("dataset", record["dataset"])
         _, dataset = self._dataset(record["dataset"])
         _, model = self._model(f"models/{model_id}")
-        params = {"model": _model_params(model), "dataset": dataset, "concept_set": request.concept_set,
-                  "concept_set_sha": record["concept_set_sha"], "exemplars_sha": record["exemplars_sha"],
-                  "layer": request.layer, "concepts": concepts}
-        job = self.backend.queue.submit("render_exemplars", params, request_id=(
-            f"RenderExemplars:{request.concept_set}:{request.request_id}" if request.request_id else None))
-        for collection, resource_id in (("models", model_id), ("datasets", dataset_id),
-                                        ("conceptSets", f"{model_id}/{set_id}")):
-            self.backend.catalog.add_user(collection, resource_id, job.id)
-        resources.add_render_operation(self.backend, model_id, set_id, job.id)
-        return operations.to_operation(self.backend, job)
+        params = _job(schemas.RenderExemplars, {}, model=_model_params(model), dataset=dataset,
+                      concept_set=request.concept_set, concept_set_sha=record["concept_set_sha"],
+                      exemplars_sha=record["exemplars_sha"], layer=request.layer, concepts=concepts)
+        return lifecycle.start(
+            self.backend, _method("RenderExemplars"), request, "render_exemplars", params, [],
+            [("models", model_id), ("datasets", dataset_id), ("conceptSets", f"{model_id}/{set_id}")],
+            on_submitted=lambda job: settlement.add_render_operation(self.backend, model_id, set_id, job.id))
 
     @errors.handle_errors
     def WatchOperation(self, request, context):
         yield from operations.watch(self.backend, request.name)
 
     # ------------------------------------------------------------------ helpers
-    def _start(self, kind: str, params: dict, created: list[tuple[str, str, dict]], uses: dict[str, str],
-               request_id: str, shards: int = 1, reduce_kind: str | None = None):
-        """Record the resources an operation creates (CREATING), queue its job, return the operation.
-
-        A retry with the same request id finds the records it made and returns their operation: no second job.
-        """
-        catalog, queue = self.backend.catalog, self.backend.queue
-        made = []
-        try:
-            for collection, resource_id, record in created:
-                stored, fresh = catalog.create(collection, resource_id, {**record, "state": "CREATING",
-                                                                         "operation": ""}, request_id=request_id)
-                if not fresh and stored["operation"]:
-                    return operations.to_operation(self.backend, queue.get(stored["operation"]))
-                made.append((collection, resource_id, fresh))
-        except AlreadyExists as exc:
-            for collection, resource_id, fresh in made:
-                if fresh:
-                    catalog.delete(collection, resource_id)
-            raise errors.already_exists(_KINDS[str(exc).split("/")[0]], created[len(made)][2]["name"]) from None
-        job = queue.submit(kind, params, request_id=request_id or None, shards=shards, reduce_kind=reduce_kind)
-        for collection, resource_id in uses.items():
-            catalog.add_user(collection, resource_id, job.id)
-        for collection, resource_id, _ in made:
-            catalog.update(collection, resource_id, operation=job.id)
-        return operations.to_operation(self.backend, job)
-
     def _model(self, name: str) -> tuple[str, dict]:
+        """The ACTIVE model named ``name``; NOT_FOUND, or FAILED_PRECONDITION while its weights are checked."""
         model_id = names.model("parent", name)
         try:
-            record = self.backend.catalog.get("models", model_id)
+            record = settlement.model(self.backend, model_id)
         except KeyError:
             raise errors.not_found("model", name) from None
+        if record.get("state", "ACTIVE") != "ACTIVE":
+            raise errors.failed_precondition(name, f"the model is {record['state']}: a worker is still checking its "
+                                             f"weights (operations/{record.get('operation')})")
         return model_id, record
 
     def _dataset(self, name: str) -> tuple[str, dict]:
@@ -215,9 +212,37 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
 
     def _concept_set(self, model_id: str, set_id: str, name: str) -> dict:
         try:
-            return resources.concept_set(self.backend, model_id, set_id)
+            record = settlement.concept_set(self.backend, model_id, set_id)
         except KeyError:
             raise errors.not_found("concept set", name) from None
+        ownership.check(record.get("owner", ""), "concept set", name)
+        return record
+
+    def _concept_graph(self, model_id: str, graph_id: str, name: str) -> dict:
+        try:
+            record = settlement.concept_graph(self.backend, model_id, graph_id)
+        except KeyError:
+            raise errors.not_found("concept graph", name) from None
+        ownership.check(record.get("owner", ""), "concept graph", name)
+        return record
+
+    def _list(self, collection: str, request) -> tuple[list[dict], str]:
+        """One page of a model's concept sets or graphs that the caller may see, settled."""
+        model_id = names.model("parent", request.parent)
+        terms = ownership.parse_filter(request.filter, ("owner",), 'filter must be empty or "owner=NAME"')
+        settle = settlement.concept_set if collection == "conceptSets" else settlement.concept_graph
+        owner = terms.get("owner")
+        records, token = self.backend.catalog.list(
+            collection, page_size=request.page_size, page_token=request.page_token, scope=f"{model_id}|{owner}",
+            accept=lambda resource_id, record: resource_id.startswith(f"{model_id}/") and (
+                owner is None or record.get("owner", "") == owner))
+        settled = []
+        for record in records:
+            try:
+                settled.append(settle(self.backend, *record["name"].split("/")[1::2]))
+            except KeyError:  # deleted meanwhile
+                continue
+        return settled, token
 
     def _layers(self, model: dict, layers: list[str]) -> list[str]:
         """The requested layers (default: the model's), each a cut of the model; INVALID_ARGUMENT otherwise."""
@@ -236,34 +261,36 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         return layers
 
 
-_KINDS = {"conceptSets": "concept set", "conceptGraphs": "concept graph"}
+def _method(name: str) -> str:
+    return f"/gigaudit.v1.AuditService/{name}"
 
 
 def _model_params(record: dict) -> dict:
     return {k: record[k] for k in _MODEL_FIELDS}
 
 
-def _concept_options(options: audit_pb.ConceptOptions, field: str) -> dict:
-    """The options the caller set, range-checked; unset ones are left to gig's defaults."""
-    if not 0 <= options.n_concepts <= MAX_CONCEPTS:
-        raise errors.invalid_argument({f"{field}.n_concepts": f"must be between 0 (gig's default) and {MAX_CONCEPTS}"})
-    if not 0 <= options.pfvs_per_image <= 1024:
-        raise errors.invalid_argument({f"{field}.pfvs_per_image": "must be between 0 (gig's default) and 1024"})
-    if options.HasField("lam") and not options.lam >= 0:
-        raise errors.invalid_argument({f"{field}.lam": "must be >= 0"})
-    chosen = {"n_concepts": options.n_concepts, "method": options.method, "pfvs_per_image": options.pfvs_per_image,
-              "sampling": options.sampling, "seed": options.seed}
-    return {**{k: v for k, v in chosen.items() if v}, **({"lam": options.lam} if options.HasField("lam") else {})}
+def _concept_values(options: audit_pb.ConceptOptions) -> dict:
+    """The concept options as schema values: proto3's unset (zero) is None, so gig's default applies."""
+    return {"n_concepts": options.n_concepts or None, "method": options.method or None,
+            "pfvs_per_image": options.pfvs_per_image or None, "sampling": options.sampling or None,
+            "seed": options.seed or None, "lam": options.lam if options.HasField("lam") else None}
 
 
-def _graph_options(options: audit_pb.GraphOptions, field: str) -> dict:
-    """The options the caller set, range-checked; unset ones are left to gig's defaults (``shard_count``: 1)."""
-    if not 0 <= options.steps <= MAX_STEPS:
-        raise errors.invalid_argument({f"{field}.steps": f"must be between 0 (gig's default) and {MAX_STEPS}"})
-    if not 0 <= options.top_t <= 1024:
-        raise errors.invalid_argument({f"{field}.top_t": "must be between 0 (gig's default) and 1024"})
+def _graph_values(options: audit_pb.GraphOptions, field: str) -> tuple[dict, int]:
+    """The graph options as schema values, and the shard count (0: 1)."""
     if not 0 <= options.shard_count <= MAX_SHARDS:
         raise errors.invalid_argument({f"{field}.shard_count": f"must be between 0 (default: 1) and {MAX_SHARDS}"})
-    chosen = {"steps": options.steps, "top_t": options.top_t, "method": options.method, "path": options.path,
-              "shard_count": options.shard_count}
-    return {k: v for k, v in chosen.items() if v}
+    return {"steps": options.steps or None, "top_t": options.top_t or None, "method": options.method or None,
+            "path": options.path or None}, options.shard_count or 1
+
+
+def _prefixed(prefix: str, values: dict) -> dict[str, str]:
+    return {name: f"{prefix}.{name}" for name in values}
+
+
+def _job(schema, fields: dict[str, str], **values) -> dict:
+    """A job's parameters, checked by its schema; INVALID_ARGUMENT naming the request fields otherwise."""
+    try:
+        return schemas.to_params(schema(**values))
+    except schemas.ValidationError as exc:
+        raise errors.invalid_argument(schemas.violations(exc, fields)) from None

@@ -8,6 +8,7 @@ registering and deleting models and datasets). Health checks and reflection need
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -40,6 +41,14 @@ _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("g
 class Principal:
     name: str
     role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+# Without a tokens file there is one tenant, and it may do everything.
+ANONYMOUS = Principal("", "admin")
 
 
 def hash_token(token: str) -> str:
@@ -74,6 +83,11 @@ def allowed(role: str, method: str) -> bool:
 def current_principal() -> Principal | None:
     """Who makes the call being served (set by :class:`AuthInterceptor`; None without authentication)."""
     return _principal.get()
+
+
+def caller() -> Principal:
+    """Who makes the call being served; :data:`ANONYMOUS` without authentication."""
+    return _principal.get() or ANONYMOUS
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -126,5 +140,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     return behavior(request, context)
                 finally:
                     _principal.reset(token)
-            return with_principal
+
+            def streaming_with_principal(request, context):  # the body runs while the stream is read
+                token = _principal.set(principal)
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    with contextlib.suppress(ValueError):  # closed from another thread: its context is not ours
+                        _principal.reset(token)
+            return streaming_with_principal if handler.response_streaming else with_principal
         return interceptors.wrap(handler, around)

@@ -1,9 +1,9 @@
 """Exceptions → ``google.rpc.Status`` with details (BadRequest, ResourceInfo, PreconditionFailure, ErrorInfo).
 
 Servicers raise :class:`ApiError` (built by the helpers below) or let library errors through; :func:`handle_errors`
-turns either into a gRPC status with details: ``ValueError`` → INVALID_ARGUMENT, ``KeyError`` → NOT_FOUND,
-``TimeoutError`` → DEADLINE_EXCEEDED, Redis connection errors → UNAVAILABLE, anything else → INTERNAL (logged, not
-leaked).
+turns either into a gRPC status with details: ``ValueError`` → INVALID_ARGUMENT, ``TimeoutError`` →
+DEADLINE_EXCEEDED, Redis connection errors → UNAVAILABLE, anything else → INTERNAL (logged, not leaked). A missing
+resource must be answered explicitly (:func:`not_found`): a stray ``KeyError`` is a bug and surfaces as INTERNAL.
 """
 from __future__ import annotations
 
@@ -21,10 +21,19 @@ DOMAIN = "gigaudit"
 log = logging.getLogger(__name__)
 
 
+MAX_TEXT = 512  # characters of a message or description: statuses travel in trailers, which have a size limit
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text``, cut to ``limit`` characters (a client may send huge names and tokens that errors quote)."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text)} characters)"
+
+
 class ApiError(Exception):
-    """An error with its status code and ``google.rpc`` detail messages."""
+    """An error with its status code and ``google.rpc`` detail messages (texts clipped to :data:`MAX_TEXT`)."""
 
     def __init__(self, code: grpc.StatusCode, message: str, details=()):
+        message = clip(message, 2 * MAX_TEXT)
         super().__init__(message)
         self.code, self.message, self.details = code, message, list(details)
 
@@ -42,6 +51,7 @@ def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
 
 def invalid_argument(violations: dict[str, str], message: str | None = None) -> ApiError:
     """INVALID_ARGUMENT with one BadRequest field violation per ``{field: description}``."""
+    violations = {clip(f, 128): clip(d) for f, d in violations.items()}
     text = message or "; ".join(f"{f}: {d}" for f, d in violations.items())
     bad = error_details_pb2.BadRequest(field_violations=[
         error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations.items()])
@@ -49,18 +59,22 @@ def invalid_argument(violations: dict[str, str], message: str | None = None) -> 
 
 
 def not_found(resource_type: str, name: str) -> ApiError:
+    name = clip(name)
     return ApiError(grpc.StatusCode.NOT_FOUND, f"{resource_type} {name!r} not found", [
         error_details_pb2.ResourceInfo(resource_type=resource_type, resource_name=name, description="not found"),
         _info("RESOURCE_NOT_FOUND", name=name)])
 
 
-def already_exists(resource_type: str, name: str) -> ApiError:
-    return ApiError(grpc.StatusCode.ALREADY_EXISTS, f"{resource_type} {name!r} already exists", [
-        error_details_pb2.ResourceInfo(resource_type=resource_type, resource_name=name, description="exists"),
+def already_exists(resource_type: str, name: str, description: str | None = None) -> ApiError:
+    name = clip(name)
+    return ApiError(grpc.StatusCode.ALREADY_EXISTS, description or f"{resource_type} {name!r} already exists", [
+        error_details_pb2.ResourceInfo(resource_type=resource_type, resource_name=name,
+                                       description=description or "exists"),
         _info("RESOURCE_EXISTS", name=name)])
 
 
 def failed_precondition(subject: str, description: str, kind: str = "STATE") -> ApiError:
+    subject, description = clip(subject), clip(description, 2 * MAX_TEXT)
     failure = error_details_pb2.PreconditionFailure(violations=[
         error_details_pb2.PreconditionFailure.Violation(type=kind, subject=subject, description=description)])
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"{subject}: {description}",
@@ -79,10 +93,7 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, ApiError):
         return exc.status()
     if isinstance(exc, ValueError):
-        return ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), [_info("INVALID_ARGUMENT")]).status()
-    if isinstance(exc, KeyError):
-        message = exc.args[0] if exc.args else "not found"
-        return ApiError(grpc.StatusCode.NOT_FOUND, str(message), [_info("NOT_FOUND")]).status()
+        return ApiError(grpc.StatusCode.INVALID_ARGUMENT, clip(str(exc)), [_info("INVALID_ARGUMENT")]).status()
     if isinstance(exc, TimeoutError):
         return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "timed out", [_info("TIMEOUT")]).status()
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):

@@ -14,9 +14,7 @@ import grpc
 import redis
 
 from gigaudit_server import keys
-from gigaudit_server.api import auth
-from gigaudit_server.api import errors
-from gigaudit_server.api import interceptors
+from gigaudit_server.api import auth, errors, interceptors
 
 STARTS_OPERATION = frozenset({
     "/gigaudit.v1.AuditService/ExtractConcepts", "/gigaudit.v1.AuditService/BuildConceptGraph",
@@ -75,7 +73,8 @@ class LimitsInterceptor(grpc.ServerInterceptor):
             def limited(request, context):
                 client = client_of(context)
                 slot, key = RESERVED + uuid.uuid4().hex, keys.client_jobs(client)
-                retry_key = keys.request(request.request_id) if request.request_id else keys.request(slot)
+                retry_key = keys.request(auth.caller().name, handler_call_details.method,
+                                         request.request_id or slot)
                 active = self._reserve(keys=[key, retry_key], args=[keys.job(""), self.max_jobs, slot, time.time(),
                                                                     RESERVATION_TTL_S])
                 if active == -2:

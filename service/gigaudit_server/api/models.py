@@ -1,16 +1,28 @@
-"""ModelService: upload (safetensors only, validated by a worker before registration), get, list, delete, layers."""
+"""ModelService: upload (safetensors only; a worker checks the weights in an operation), get, list, delete, layers."""
 from __future__ import annotations
 
-import grpc
 from google.protobuf import empty_pb2, json_format
 
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
-from gigaudit_server.api import errors
-from gigaudit_server.api import names, resources, uploaded, uploads
-from gigaudit_server.queue.jobs import JobState
+from gigaudit_server.api import (
+    errors,
+    idempotency,
+    lifecycle,
+    names,
+    operations,
+    ownership,
+    resources,
+    uploaded,
+    uploads,
+)
+from gigaudit_server.queue import schemas
+from gigaudit_server.storage import settlement
 
 MAX_INPUT_SIZE = 4096
+_METHOD = "/gigaudit.v1.ModelService/UploadModel"
+# what a worker needs to build the model (the record minus bookkeeping)
+MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256")
 
 
 class ModelServicer(model_grpc.ModelServiceServicer):
@@ -19,45 +31,67 @@ class ModelServicer(model_grpc.ModelServiceServicer):
 
     @errors.handle_errors
     def UploadModel(self, request_iterator, context):
+        """Check the header, store the weights (format-checked on the way), register the model CREATING and queue
+        its ``validate_model`` job; returns that operation at once. A retry of the same upload returns it again
+        without reading the stream; the same request id with another upload is ALREADY_EXISTS."""
         header, chunks = uploads.split_upload(request_iterator)
         model_id = names.check_id("header.model_id", header.model_id)
         self._check_header(header)
-        # a retry of a finished upload returns the model without reading the weights again
-        if (existing := uploaded.retried(self.backend, "models", model_id, header.request_id)) is not None:
-            return resources.model_message(existing)
         spec = header.model
-        sha, size = uploaded.store(self.backend, "models", uploads.checked_safetensors(chunks, spec.size_bytes),
-                                   spec.sha256, spec.size_bytes, self.backend.settings.max_model_bytes)
-        record = {"name": f"models/{model_id}", "display_name": spec.display_name, "architecture": spec.architecture,
-                  "num_classes": spec.num_classes, "class_names": list(spec.class_names),
-                  "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
-                  "weights_sha256": sha, "size_bytes": size, "request_id": header.request_id}
-        with uploaded.registering(self.backend, "models", model_id, sha):
-            layers = self._validate(record)
-            record, _ = self.backend.catalog.create("models", model_id, {**record, **layers},
-                                                    request_id=header.request_id)
-        return resources.model_message(record)
+
+        def make_record(size: int) -> dict:
+            return {"name": f"models/{model_id}", "display_name": spec.display_name,
+                    "architecture": spec.architecture, "num_classes": spec.num_classes,
+                    "class_names": list(spec.class_names), "input_size": spec.input_size, "mean": list(spec.mean),
+                    "std": list(spec.std), "weights_sha256": spec.sha256, "size_bytes": size, "state": "CREATING",
+                    "operation": "", "layers": [], "default_layers": []}
+
+        def queue_validation(record: dict) -> dict:
+            params = schemas.to_params(schemas.ValidateModel(
+                model_id=model_id, model=schemas.ModelSpec(**{k: record[k] for k in MODEL_FIELDS})))
+            job = self.backend.queue.submit("validate_model", params, owner=ownership.owner(),
+                request_id=f"{_METHOD}|{header.request_id}" if header.request_id else None)
+            self.backend.catalog.add_user("models", model_id, job.id)
+            return self.backend.catalog.update("models", model_id, operation=job.id)
+
+        def work() -> str:
+            store = lambda: uploaded.store(self.backend, "models", uploads.checked_safetensors(  # noqa: E731
+                chunks, spec.size_bytes), spec.sha256, spec.size_bytes, self.backend.settings.max_model_bytes)[1]
+            record = lifecycle.register_upload(self.backend, "models", model_id, spec.sha256, store, make_record,
+                                               after=queue_validation)
+            return record["operation"]
+
+        return self.backend.idempotency.once(
+            ownership.owner(), _METHOD, header.request_id, idempotency.fingerprint(header), work,
+            lambda job_id: operations.to_operation(self.backend, operations.job_of(self.backend, job_id)))
 
     @errors.handle_errors
     def GetModel(self, request, context):
-        return resources.model_message(uploaded.get(self.backend, "models", names.model("name", request.name),
-                                                    request.name))
+        return resources.model_message(self._get(names.model("name", request.name), request.name))
 
     @errors.handle_errors
     def ListModels(self, request, context):
         records, token = self.backend.catalog.list("models", page_size=request.page_size,
                                                    page_token=request.page_token)
-        return model_pb.ListModelsResponse(models=[resources.model_message(r) for r in records],
-                                           next_page_token=token)
+        models = []
+        for record in records:
+            try:
+                models.append(resources.model_message(settlement.model(self.backend, record["name"][7:])))
+            except KeyError:  # its validation failed: removed
+                continue
+        return model_pb.ListModelsResponse(models=models, next_page_token=token)
 
     @errors.handle_errors
     def DeleteModel(self, request, context):
-        uploaded.delete(self.backend, "models", names.model("name", request.name), request.name)
+        lifecycle.delete(self.backend, "models", names.model("name", request.name), force=request.force)
         return empty_pb2.Empty()
 
     @errors.handle_errors
     def ListLayers(self, request, context):
-        record = uploaded.get(self.backend, "models", names.model("parent", request.parent), request.parent)
+        record = self._get(names.model("parent", request.parent), request.parent)
+        if record.get("state", "ACTIVE") != "ACTIVE":
+            raise errors.failed_precondition(request.parent, f"the model is {record['state']}: its layers are known "
+                                             f"once its weights are checked (operations/{record['operation']})")
         response = model_pb.ListLayersResponse(default_layers=record["default_layers"])
         for layer in record["layers"]:
             message = json_format.ParseDict(layer, response.layers.add(), ignore_unknown_fields=True)
@@ -70,6 +104,12 @@ class ModelServicer(model_grpc.ModelServiceServicer):
             architectures=[model_pb.Architecture(name=n) for n in self.backend.catalog.architectures()])
 
     # ------------------------------------------------------------------ helpers
+    def _get(self, model_id: str, name: str) -> dict:
+        try:
+            return settlement.model(self.backend, model_id)
+        except KeyError:
+            raise errors.not_found("model", name) from None
+
     def _check_header(self, header) -> None:
         spec, problems = header.model, {}
         known = self.backend.catalog.architectures()
@@ -95,22 +135,3 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         if spec.size_bytes > self.backend.settings.max_model_bytes:
             raise errors.resource_exhausted("header.model.size_bytes", f"{spec.size_bytes} bytes exceed the limit of "
                                             f"{self.backend.settings.max_model_bytes} bytes per model")
-
-    def _validate(self, record: dict) -> dict:
-        """Run a ``validate_model`` job and wait for it: ``{layers, default_layers}`` or an error status."""
-        settings, queue = self.backend.settings, self.backend.queue
-        job = queue.submit("validate_model", {"model": {k: v for k, v in record.items() if k != "request_id"}})
-        job = queue.wait(job.id, settings.validate_timeout_s)
-        if job.state is JobState.SUCCEEDED:
-            queue.delete(job.id)
-            return {"layers": job.result["layers"], "default_layers": job.result["default_layers"]}
-        if not job.finished:
-            queue.cancel(job.id)
-            raise errors.ApiError(grpc.StatusCode.UNAVAILABLE,
-                                  f"no worker validated the weights within {settings.validate_timeout_s:g} s; "
-                                  "is a worker running? nothing was registered")
-        queue.delete(job.id)
-        error = job.error or {}
-        if error.get("code") == "INVALID_ARGUMENT":
-            raise errors.invalid_argument({"chunk": error.get("message", "")}, error.get("message"))
-        raise errors.ApiError(grpc.StatusCode.INTERNAL, f"validating the weights failed: {error.get('message')}")

@@ -23,8 +23,9 @@ def parse(field: str, name: str, *collections: str) -> list[str]:
     pattern = "/".join(f"{c}/{{{c[:-1]}}}" for c in collections)
     parts = (name or "").split("/")
     if len(parts) != 2 * len(collections) or any(parts[2 * i] != c for i, c in enumerate(collections)) \
-            or not all(_ID.fullmatch(p) for p in parts[1::2]):
-        raise errors.invalid_argument({field: f"{name!r} is not a resource name of the form {pattern}"})
+            or not all(_ID.fullmatch(p) and p not in _RESERVED for p in parts[1::2]):
+        raise errors.invalid_argument({field: f"{name!r} is not a resource name of the form {pattern} (ids: "
+                                              f"{ID_RULE}, not {', '.join(sorted(_RESERVED))})"})
     return parts[1::2]
 
 

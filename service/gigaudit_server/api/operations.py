@@ -1,34 +1,48 @@
 """Jobs as ``google.longrunning.Operation``s (AIP-151) and the ``google.longrunning.Operations`` service."""
 from __future__ import annotations
 
-from google.longrunning import operations_proto_pb2 as lro_pb
 from google.longrunning import operations_pb2_grpc as lro_grpc
+from google.longrunning import operations_proto_pb2 as lro_pb
 from google.protobuf import empty_pb2
 from google.rpc import code_pb2, status_pb2
 
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
-from gigaudit_server.api import errors
-from gigaudit_server.api import names, resources
+from gigaudit_server.api import errors, names, ownership, resources
 from gigaudit_server.queue.jobs import Job, JobState
+from gigaudit_server.storage import settlement
 
 MAX_WAIT_S = 300.0
-_FILTER_HELP = 'filter must be empty or "state=<QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED>"'
+_FILTER_HELP = ('filter must be empty, "state=<QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED>", "owner=NAME" or '
+                '"state=X AND owner=NAME"')
 
 
 def metadata(job: Job) -> metadata_pb.OperationMetadata:
-    params = job.params
     return metadata_pb.OperationMetadata(
         kind=job.kind, state=metadata_pb.OperationState.Value(f"OPERATION_STATE_{job.state.value}"),
         stage=job.stage, done=job.done, total=job.total or 0, worker=job.worker or "", attempt=job.attempt,
-        cancel_requested=job.cancel_requested, target=params.get("concept_graph") or params.get("concept_set") or "",
-        create_time=resources.timestamp(job.created), update_time=resources.timestamp(job.updated))
+        cancel_requested=job.cancel_requested, target=_target(job), create_time=resources.timestamp(job.created),
+        update_time=resources.timestamp(job.updated), owner=job.owner, failures=job.failures)
+
+
+def _target(job: Job) -> str:
+    params = job.params
+    if job.kind == "validate_model" and params.get("model_id"):
+        return f"models/{params['model_id']}"
+    return params.get("concept_graph") or params.get("concept_set") or ""
 
 
 def to_operation(backend, job: Job) -> lro_pb.Operation:
+    """The Operation of a job; a finished one first settles what it creates (``storage.settlement``)."""
+    if job.finished:
+        settlement.settle_job(backend, job)
     operation = lro_pb.Operation(name=f"operations/{job.id}", done=job.finished)
     operation.metadata.Pack(metadata(job))
     if job.state is JobState.SUCCEEDED:
-        operation.response.Pack(resources.operation_response(backend, job))
+        try:
+            operation.response.Pack(resources.operation_response(backend, job))
+        except KeyError:  # what it created was deleted since
+            operation.error.CopyFrom(status_pb2.Status(code=code_pb2.NOT_FOUND, message=(
+                f"{_target(job) or 'the result'} was deleted after the operation succeeded")))
     elif job.state is JobState.FAILED:
         error = job.error or {}
         code = code_pb2.Code.Value(error.get("code", "INTERNAL")) if error.get("code") in code_pb2.Code.keys() \
@@ -40,10 +54,26 @@ def to_operation(backend, job: Job) -> lro_pb.Operation:
 
 
 def get_job(backend, field: str, name: str) -> Job:
+    """The job of ``operations/{id}``; NOT_FOUND when absent or another caller's (ownership)."""
+    return job_of(backend, names.operation(field, name))
+
+
+def job_of(backend, job_id: str) -> Job:
+    """The job; NOT_FOUND when absent or another caller's (ownership)."""
     try:
-        return backend.queue.get(names.operation(field, name))
+        job = backend.queue.get(job_id)
     except KeyError:
-        raise errors.not_found("operation", name) from None
+        raise errors.not_found("operation", f"operations/{job_id}") from None
+    ownership.check(job.owner, "operation", f"operations/{job_id}")
+    return job
+
+
+def cancel_quietly(backend, job_id: str) -> None:
+    """Cancel a job if it still exists and runs (force deletes)."""
+    try:
+        backend.queue.cancel(job_id)
+    except (KeyError, ValueError):
+        pass
 
 
 def watch(backend, name: str):
@@ -65,14 +95,11 @@ class OperationsServicer(lro_grpc.OperationsServicer):
     def ListOperations(self, request, context):
         if request.name not in ("", "operations"):
             raise errors.invalid_argument({"name": 'must be "operations" or empty'})
-        state = None
-        if request.filter:
-            key, _, value = request.filter.replace(" ", "").partition("=")
-            if key != "state" or value not in JobState.__members__:
-                raise errors.invalid_argument({"filter": f"{_FILTER_HELP}, not {request.filter!r}"})
-            state = JobState(value)
+        terms = ownership.parse_filter(request.filter, ("state", "owner"), _FILTER_HELP)
+        if terms.get("state", "QUEUED") not in JobState.__members__:
+            raise errors.invalid_argument({"filter": f"{_FILTER_HELP}, not {request.filter!r}"})
         jobs, token = self.backend.queue.list(page_size=request.page_size, page_token=request.page_token or None,
-                                              filter_state=state)
+                                              filter_state=terms.get("state"), owner=terms.get("owner"))
         return lro_pb.ListOperationsResponse(operations=[to_operation(self.backend, j) for j in jobs],
                                              next_page_token=token or "")
 
@@ -87,7 +114,11 @@ class OperationsServicer(lro_grpc.OperationsServicer):
         job = get_job(self.backend, "name", request.name)
         if not job.finished:
             raise errors.failed_precondition(request.name, f"the operation is {job.state.value}; cancel it first")
+        settlement.settle_job(self.backend, job)  # what it created keeps its result
         self.backend.queue.delete(job.id)
+        if job.request_id:
+            method, _, request_id = job.request_id.partition("|")
+            self.backend.idempotency.forget(job.owner, method, request_id)
         return empty_pb2.Empty()
 
     @errors.handle_errors

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
-from gigaudit_server.api import errors
-from gigaudit_server.api import operations
+from gigaudit_server.api import errors, lifecycle
+from gigaudit_server.queue import schemas
 
 MAX_SLEEP_S = 60.0
 
@@ -17,5 +17,5 @@ class ProbeServicer(probe_grpc.ProbeServiceServicer):
         sleep = request.sleep.seconds + request.sleep.nanos / 1e9  # ToTimedelta overflows on huge values
         if not 0 <= sleep <= MAX_SLEEP_S:
             raise errors.invalid_argument({"sleep": f"must be between 0 and {MAX_SLEEP_S:g} seconds"})
-        job = self.backend.queue.submit("noop", {"sleep": sleep}, request_id=request.request_id or None)
-        return operations.to_operation(self.backend, job)
+        return lifecycle.start(self.backend, "/gigaudit.v1.ProbeService/SubmitProbe", request, "noop",
+                               schemas.to_params(schemas.Noop(sleep=sleep)), [], [])

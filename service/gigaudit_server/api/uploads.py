@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 
 from gigaudit_server.api import errors
 
-MAX_HEADER_BYTES = 100 * 1024**2  # the safetensors library's own limit
+MAX_HEADER_BYTES = 32 * 1024**2  # the safetensors library allows 100 MB, the Hugging Face Hub 25 MB
+MAX_HEADER_VALUES = 1_000_000  # JSON values in a header (~100 000 tensors): bounds what parsing it allocates
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
@@ -44,12 +45,17 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def parse_safetensors_header(header: bytes, data_size: int) -> dict[str, dict]:
+def parse_safetensors_header(header: bytes | bytearray, data_size: int) -> dict[str, dict]:
     """The tensor table of a safetensors header; ``ValueError`` when it is malformed or points past the data."""
+    values = header.count(b",") + header.count(b"{") + header.count(b"[") + 1  # at least the JSON values in it
+    if values > MAX_HEADER_VALUES:
+        raise ValueError(f"weights are not safetensors: the header holds up to {values} JSON values, more than the "
+                         f"limit of {MAX_HEADER_VALUES}")
     try:
         table = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"weights are not safetensors: the header is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, too many digits, nesting
+        raise ValueError(f"weights are not safetensors: the header is not JSON ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from None
     if not isinstance(table, dict):
         raise ValueError("weights are not safetensors: the header is not a JSON object")
     tensors = {k: v for k, v in table.items() if k != "__metadata__"}
@@ -67,24 +73,36 @@ def parse_safetensors_header(header: bytes, data_size: int) -> dict[str, dict]:
 
 
 def checked_safetensors(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Pass ``chunks`` (a file of ``size`` bytes) through, refusing with ``ValueError`` when it is not safetensors."""
-    head = b""
-    header_end = None
+    """Pass ``chunks`` (a file of ``size`` bytes) through, refusing with ``ValueError`` when it is not safetensors.
+
+    The header is collected in one buffer that grows in place (linear in its size) and parsed once complete.
+    """
+    head, wanted = bytearray(), 8  # wanted: the 8-byte length, then the length and the header
     for chunk in chunks:
-        if header_end is None:
-            head += chunk
-            if len(head) >= 8:
-                other = sniff_format(head)
-                if other:
-                    raise ValueError(f"weights are {other}; only safetensors is accepted (loading those runs code), "
-                                     "e.g. safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
-                (length,) = struct.unpack("<Q", head[:8])
-                if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
-                    raise ValueError(f"weights are not safetensors: header length {length} does not fit the "
-                                     f"{size}-byte file")
-                if len(head) >= 8 + length:
-                    header_end = 8 + length
-                    parse_safetensors_header(head[8:header_end], size - header_end)
+        if head is not None:
+            view = memoryview(chunk)
+            taken = min(len(view), wanted - len(head))
+            head += view[:taken]
+            if wanted == 8 and len(head) == 8:
+                wanted = 8 + _header_length(bytes(head), size)
+                head += view[taken:taken + wanted - 8]
+            if len(head) == wanted > 8:
+                del head[:8]
+                parse_safetensors_header(head, size - wanted)
+                head = None
         yield chunk
-    if header_end is None:
+    if head is not None:
         raise ValueError(f"weights are not safetensors: the stream ended inside the header ({len(head)} bytes)")
+
+
+def _header_length(first8: bytes, size: int) -> int:
+    """The header length that a file of ``size`` bytes starts with; ``ValueError`` for other formats."""
+    other = sniff_format(first8)
+    if other:
+        raise ValueError(f"weights are {other}; only safetensors is accepted (loading those runs code), "
+                         "e.g. safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+    (length,) = struct.unpack("<Q", first8)
+    if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+        raise ValueError(f"weights are not safetensors: header length {length} does not fit the {size}-byte file "
+                         f"(at most {MAX_HEADER_BYTES} bytes)")
+    return length

@@ -2,8 +2,15 @@
 
 Delivery is at least once; what makes it safe is the job's ``attempt`` counter, incremented on every claim and
 checked by every write a worker makes (see ``job_scripts``). A worker that dies stops refreshing its heartbeat key;
-only then may another worker reclaim its stream entries — never because a job merely runs long. A job that fails
-``max_attempts`` times ends FAILED and is copied to the dead-letter stream.
+only once it has been missing for ``reclaim_grace`` may another worker reclaim its stream entries — never because a
+job merely runs long, nor because a Redis outage outlasted every heartbeat. A job that fails ``max_attempts`` times
+(or whose handler hangs) ends FAILED and is copied to the dead-letter stream, from where an operator can list it
+and queue it again (``list_dead_letters``, ``retry_dead_letter``).
+
+A long handler checkpoints its partial results (``JobContext.save_checkpoint``: a small JSON reference to an
+artifact, recorded in the job hash under the attempt fence); a job that is reclaimed, retried or handed back starts
+with its last checkpoint (``JobContext.checkpoint``). Finished jobs expire after ``finished_ttl`` seconds,
+dead-lettered ones and their dead letters after ``dead_letter_ttl``.
 
 A sharded job is a parent plus N shard jobs that any worker may take; the worker that settles the last shard queues
 the parent itself for the reduction, which runs like any other job (fenced, retried when its worker dies).
@@ -15,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import threading
 import time
@@ -27,9 +35,15 @@ import redis as redis_lib
 
 from gigaudit_server import keys
 from gigaudit_server.queue import scripts as job_scripts
+from gigaudit_server.queue.retry import TRANSIENT, Outage, RedisRetry, RedisUnavailable
 
+log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _MAX_PAGE_SIZE = 1000
+_DAY = 24 * 3600.0
+FINISHED_TTL_S = 7 * _DAY
+DEAD_LETTER_TTL_S = 30 * _DAY
+CHECKPOINT_S = 30.0
 
 
 class JobState(str, Enum):
@@ -65,6 +79,15 @@ class JobLost(JobAborted):
     """The worker's attempt is stale (another worker claimed the job): its writes are refused."""
 
 
+class JobFailed(Exception):
+    """An error that a retry cannot fix (a missing artifact, a store that refuses writes): the job fails at once
+    with ``code`` (a ``google.rpc.Code`` name) and ``message`` (which must name no server path)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 @dataclass
 class Job:
     id: str
@@ -88,6 +111,7 @@ class Job:
     reduce_kind: str | None = None
     failures: int = 0
     owner: str = ""
+    checkpoint: dict | None = None
 
     @property
     def finished(self) -> bool:
@@ -107,7 +131,7 @@ class Job:
             "created": repr(self.created), "updated": repr(self.updated),
             "cancel_requested": "1" if self.cancel_requested else "0", "parent": self.parent or "",
             "shards": str(self.shards), "shard_index": str(self.shard_index), "reduce_kind": self.reduce_kind or "",
-            "failures": str(self.failures), "owner": self.owner,
+            "failures": str(self.failures), "owner": self.owner, "checkpoint": _dump(self.checkpoint),
         }
 
     @classmethod
@@ -120,25 +144,66 @@ class Job:
             error=_load(f["error"]), result=_load(f["result"]), created=float(f["created"]),
             updated=float(f["updated"]), cancel_requested=f["cancel_requested"] == "1", parent=f["parent"] or None,
             shards=int(f["shards"]), shard_index=int(f["shard_index"]), reduce_kind=f["reduce_kind"] or None,
-            failures=int(f["failures"]), owner=f.get("owner", ""),
+            failures=int(f["failures"]), owner=f.get("owner", ""), checkpoint=_load(f.get("checkpoint", "")),
         )
+
+
+@dataclass
+class DeadLetter:
+    """A job that failed for good: the job a client knows (a shard's parent), and why."""
+    job_id: str
+    kind: str
+    error: dict
+    attempts: int
+    failures: int
+    worker: str
+    owner: str
+    dead_time: float
+    shard: int | None = None
+    entry_id: str = ""
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict) -> DeadLetter:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        try:
+            error = json.loads(f.get("error") or "{}")
+        except ValueError:
+            error = {"code": "INTERNAL", "message": f.get("error", "")}
+        return cls(job_id=f.get("job", ""), kind=f.get("kind", ""), error=error, attempts=int(f.get("attempt") or 0),
+                   failures=int(f.get("failures") or 0), worker=f.get("worker", ""), owner=f.get("owner", ""),
+                   dead_time=int(entry_id.split("-")[0]) / 1000, shard=int(f["shard"]) if f.get("shard") else None,
+                   entry_id=entry_id)
 
 
 class JobQueue:
     """Submit, inspect, cancel and delete jobs; the worker side (claim, progress, settle) is used by ``Worker``."""
 
-    def __init__(self, redis: redis_lib.Redis, *, max_attempts: int = 3, heartbeat_ttl: float = 10.0):
+    def __init__(self, redis: redis_lib.Redis, *, max_attempts: int = 3, heartbeat_ttl: float = 10.0,
+                 reclaim_grace: float | None = None, finished_ttl: float = FINISHED_TTL_S,
+                 dead_letter_ttl: float = DEAD_LETTER_TTL_S):
+        """``reclaim_grace``: how long a heartbeat must have been missing before its worker's jobs are reclaimed
+        (default half the TTL: time for live workers to beat again after a Redis outage). ``finished_ttl`` /
+        ``dead_letter_ttl``: seconds a finished / dead-lettered job (and its dead letter) is kept; 0 = for ever."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if heartbeat_ttl <= 0:
             raise ValueError(f"heartbeat_ttl must be > 0 seconds, got {heartbeat_ttl}")
+        reclaim_grace = heartbeat_ttl / 2 if reclaim_grace is None else reclaim_grace
+        for name, value in (("reclaim_grace", reclaim_grace), ("finished_ttl", finished_ttl),
+                            ("dead_letter_ttl", dead_letter_ttl)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 seconds, got {value}")
         self.redis = redis
         self.max_attempts = max_attempts
         self.heartbeat_ttl = heartbeat_ttl
+        self.reclaim_grace = reclaim_grace
+        self.finished_ttl, self.dead_letter_ttl = finished_ttl, dead_letter_ttl
         self._claim = redis.register_script(job_scripts.CLAIM)
         self._progress = redis.register_script(job_scripts.PROGRESS)
+        self._checkpoint = redis.register_script(job_scripts.CHECKPOINT)
         self._settle = redis.register_script(job_scripts.SETTLE)
         self._cancel = redis.register_script(job_scripts.CANCEL)
+        self._retry = redis.register_script(job_scripts.RETRY)
         self.ensure_group()
 
     def ensure_group(self) -> None:
@@ -152,8 +217,8 @@ class JobQueue:
     # --- client side --------------------------------------------------------------------------------------------
     def submit(self, kind: str, params: dict, *, job_id: str | None = None, request_id: str | None = None,
                shards: int = 1, reduce_kind: str | None = None, owner: str = "") -> Job:
-        """Create a job and queue it; with ``reduce_kind``, a parent and ``shards`` shard jobs. A repeated
-        ``request_id`` returns the job it created first and queues nothing."""
+        """Create a job and queue it; with ``reduce_kind``, a parent and ``shards`` shard jobs. ``request_id`` is
+        recorded only: idempotency is the API's (``gigaudit_server.api.idempotency``)."""
         if not isinstance(kind, str) or not kind:
             raise ValueError("kind must be a non-empty string")
         if not isinstance(params, dict):
@@ -176,19 +241,13 @@ class JobQueue:
         parts = [job] if reduce_kind is None else [
             Job(id=_shard_id(job_id, i), kind=kind, params=params, created=now, updated=now, parent=job_id,
                 shards=shards, shard_index=i, owner=owner) for i in range(shards)]
-        request_key = keys.request(request_id) if request_id else None
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(keys.job(job_id), *([request_key] if request_key else []))
-                    if request_key and (existing := pipe.get(request_key)) is not None:
-                        pipe.reset()
-                        return self.get(_text(existing))
+                    pipe.watch(keys.job(job_id))
                     if pipe.exists(keys.job(job_id)):
                         raise JobExistsError(f"job {job_id!r} exists already")
                     pipe.multi()
-                    if request_key:
-                        pipe.set(request_key, job_id, nx=True)
                     pipe.hset(keys.job(job_id), mapping=job.to_hash())
                     pipe.zadd(keys.job_index(), {job_id: now})
                     for part in parts:
@@ -243,7 +302,8 @@ class JobQueue:
                 return page, _encode_token(last.created, last.id)
             try:
                 job = self.get(job_id)
-            except KeyError:  # deleted meanwhile
+            except KeyError:  # deleted meanwhile, or expired: forget it
+                self.redis.zrem(keys.job_index(), job_id)
                 continue
             if (filter_state is None or job.state is filter_state) and (owner is None or job.owner == owner):
                 page.append(job)
@@ -259,6 +319,7 @@ class JobQueue:
         if job.is_parent:
             for i in range(job.shards):
                 self._cancel_one(_shard_id(job_id, i))
+            self._expire_shards(job_id)
         return self.get(job_id)
 
     def delete(self, job_id: str) -> None:
@@ -270,11 +331,12 @@ class JobQueue:
             raise ValueError(f"job {job_id!r} is {job.state.value}: only SUCCEEDED, FAILED or CANCELLED jobs can be "
                              "deleted (cancel it first)")
         shard_keys = [keys.job(_shard_id(job_id, i)) for i in range(job.shards)] if job.is_parent else []
+        dead_entry = _text(self.redis.hget(keys.job(job_id), "dead_entry"))
         with self.redis.pipeline() as pipe:
             pipe.delete(keys.job(job_id), *shard_keys)
             pipe.zrem(keys.job_index(), job_id)
-            if job.request_id:
-                pipe.delete(keys.request(job.request_id))
+            if dead_entry:
+                pipe.xdel(keys.dead_letters(), dead_entry)
             pipe.execute()
 
     def wait(self, job_id: str, timeout: float | None) -> Job:
@@ -305,8 +367,9 @@ class JobQueue:
                         pass
 
     # --- worker side --------------------------------------------------------------------------------------------
-    def claim_next(self, worker: str, block_ms: int) -> JobContext | None:
-        """Wait up to ``block_ms`` for a new delivery and claim its job."""
+    def claim_next(self, worker: str, block_ms: int, finished: list[str] | None = None) -> JobContext | None:
+        """Wait up to ``block_ms`` for a new delivery and claim its job. The ids of top-level jobs that the claim
+        ended instead (cancelled, or dead after too many lost workers) are appended to ``finished``."""
         try:
             reply = self.redis.xreadgroup(keys.consumer_group(), worker, {keys.stream(): ">"}, count=1,
                                           block=block_ms)
@@ -320,9 +383,9 @@ class JobQueue:
         _, entries = reply[0] if isinstance(reply, list) else next(iter(reply.items()))
         entry_id, fields = entries[0]
         job_id = _text(fields.get(b"job", fields.get("job")))
-        return self._try_claim(worker, job_id, _text(entry_id), previous_owner="")
+        return self._try_claim(worker, job_id, _text(entry_id), previous_owner="", finished=finished)
 
-    def reclaim(self, worker: str) -> JobContext | None:
+    def reclaim(self, worker: str, finished: list[str] | None = None) -> JobContext | None:
         """Claim a job from a worker whose heartbeat expired, if there is one. Call it between jobs only: the
         caller's own pending deliveries are then orphans (of a crashed earlier process of the same name)."""
         summary = self.redis.xpending(keys.stream(), keys.consumer_group())
@@ -340,14 +403,17 @@ class JobQueue:
                     continue
                 fields = job_id[0][1]
                 context = self._try_claim(worker, _text(fields.get(b"job", fields.get("job"))), entry_id,
-                                          previous_owner=owner)
+                                          previous_owner=owner, finished=finished)
                 if context is not None:
                     return context
         return None
 
     def beat(self, worker: str) -> None:
         """Refresh a worker's heartbeat key (it expires after ``heartbeat_ttl`` unless refreshed)."""
-        self.redis.set(keys.heartbeat(worker), "1", px=max(1, int(self.heartbeat_ttl * 1000)))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.heartbeat(worker), "1", px=max(1, int(self.heartbeat_ttl * 1000)))
+            pipe.delete(keys.suspect(worker))
+            pipe.execute()
 
     def retire(self, worker: str) -> None:
         """Forget a stopping worker: its heartbeat, and its consumer when it holds no deliveries."""
@@ -373,46 +439,129 @@ class JobQueue:
             raise JobLost(f"job {job.id!r} attempt {job.attempt} is stale")
         return flag == "1"
 
+    def save_checkpoint(self, job: Job, checkpoint: dict) -> None:
+        """Record the job's checkpoint (JSON) under its attempt; JobLost when stale."""
+        if int(self._checkpoint(keys=[keys.job(job.id)], args=[job.attempt, _dump(checkpoint)])) < 0:
+            raise JobLost(f"job {job.id!r} attempt {job.attempt} is stale")
+
     def settle(self, job: Job, outcome: str, payload: dict | None = None) -> str:
-        """End the job's attempt: ``succeeded`` (payload = result), ``retry`` / ``failed`` (payload = error),
-        ``cancelled`` or ``handback``. Returns the job's new state, or ``stale`` when the write was refused."""
+        """End the job's attempt: ``succeeded`` (payload = result), ``retry`` / ``failed`` / ``dead`` (payload =
+        error; ``dead`` also dead-letters it), ``cancelled`` or ``handback``. Returns the job's new state, or
+        ``stale`` when the write was refused."""
+        return self.settle_outcome(job, outcome, payload)[0]
+
+    def settle_outcome(self, job: Job, outcome: str, payload: dict | None = None) -> tuple[str, str | None]:
+        """As :meth:`settle`, and the id of the top-level job that this settling finished (None if none)."""
         parent = job.parent or job.id
         status, parent_failed = self._settle(
             keys=[keys.job(job.id), keys.stream(), keys.dead_letters(), keys.job(parent)],
             args=[job.attempt, outcome, _dump(payload), repr(time.time()), keys.consumer_group(), self.max_attempts,
-                  keys.job_events(job.id), keys.job_events(parent), job.id, parent])
+                  keys.job_events(job.id), keys.job_events(parent), job.id, parent, *self._ttls()])
+        status = _text(status)
         if int(parent_failed):
             self._cancel_shards(parent)
-        return _text(status)
+        if job.parent is None and JobState.__members__.get(status, JobState.QUEUED).finished:
+            if job.is_parent:
+                self._expire_shards(job.id)
+            return status, job.id
+        return status, parent if int(parent_failed) else None
 
     def dead_letters(self, count: int = 100) -> list[dict]:
-        """The newest dead-letter records: {job, kind, attempt, error}."""
+        """The newest dead-letter records, as stored: {job, shard, kind, attempt, failures, worker, owner, error}."""
         return [{_text(k): _text(v) for k, v in fields.items()}
                 for _, fields in self.redis.xrevrange(keys.dead_letters(), count=count)]
 
+    def list_dead_letters(self, *, page_size: int = 50, page_token: str | None = None
+                          ) -> tuple[list[DeadLetter], str | None]:
+        """Dead letters newest first, and the token of the next page (None on the last). Letters older than
+        ``dead_letter_ttl`` are dropped first."""
+        if not isinstance(page_size, int) or not 0 <= page_size <= _MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be an integer in 0..{_MAX_PAGE_SIZE} (0 = 50), got {page_size!r}")
+        page_size = page_size or 50
+        top = "+"
+        if page_token:
+            try:
+                top = "(" + _decode_dead_token(page_token)
+            except ValueError:
+                raise ValueError(f"invalid page_token {page_token!r}: pass the next_page_token of a previous page"
+                                 ) from None
+        if self.dead_letter_ttl:
+            self.redis.xtrim(keys.dead_letters(), minid=f"{int((time.time() - self.dead_letter_ttl) * 1000)}",
+                             approximate=False)
+        entries = self.redis.xrevrange(keys.dead_letters(), max=top, min="-", count=page_size + 1)
+        letters = [DeadLetter.from_entry(_text(entry_id), fields) for entry_id, fields in entries[:page_size]]
+        more = len(entries) > page_size
+        return letters, _encode_dead_token(letters[-1].entry_id) if more else None
+
+    def retry_dead_letter(self, job_id: str) -> Job:
+        """Queue a dead-lettered job again with a fresh failure budget (it resumes from its checkpoint; a sharded
+        job runs only its unfinished shards again). KeyError when unknown; ValueError when it is not dead."""
+        job = self.get(job_id)
+        if job.parent:
+            raise ValueError(f"job {job_id!r} is shard {job.shard_index} of job {job.parent!r}: retry that job")
+        shard_ids = [_shard_id(job_id, i) for i in range(job.shards)] if job.is_parent else []
+        status = _text(self._retry(
+            keys=[keys.job(job_id), keys.stream(), keys.dead_letters(), keys.job_index(),
+                  *(keys.job(s) for s in shard_ids)],
+            args=[repr(time.time()), keys.job_events(job_id), job_id, *shard_ids]))
+        if status == "missing":
+            raise KeyError(f"no job {job_id!r}")
+        if status == "expired":
+            raise ValueError(f"job {job_id!r} cannot be retried: some of its shards have expired")
+        if status != "retried":
+            raise ValueError(f"job {job_id!r} is {status} and not dead-lettered: only a job that failed for good "
+                             "(too many failed deliveries, a hung handler) can be retried")
+        return self.get(job_id)
+
     # --- internals ----------------------------------------------------------------------------------------------
-    def _try_claim(self, worker: str, job_id: str, entry_id: str, previous_owner: str) -> JobContext | None:
+    def _ttls(self) -> tuple[int, int]:
+        return int(self.finished_ttl * 1000), int(self.dead_letter_ttl * 1000)
+
+    def _try_claim(self, worker: str, job_id: str, entry_id: str, previous_owner: str,
+                   finished: list[str] | None) -> JobContext | None:
         parent = _text(self.redis.hget(keys.job(job_id), "parent")) or job_id
         status, attempt, parent_failed = self._claim(
             keys=[keys.job(job_id), keys.stream(), keys.dead_letters(), keys.heartbeat(worker),
-                  keys.heartbeat(previous_owner or worker), keys.job(parent)],
+                  keys.heartbeat(previous_owner or worker), keys.job(parent), keys.suspect(previous_owner or worker)],
             args=[worker, entry_id, keys.consumer_group(), repr(time.time()), self.max_attempts, previous_owner,
-                  keys.job_events(job_id), keys.job_events(parent), job_id])
+                  keys.job_events(job_id), keys.job_events(parent), job_id, parent,
+                  int(self.reclaim_grace * 1000), *self._ttls()])
+        status = _text(status)
         if int(parent_failed):
             self._cancel_shards(parent)
-        if _text(status) != "claimed":
+        if status in ("cancelled", "dead") and finished is not None:
+            if parent == job_id:
+                finished.append(job_id)
+            elif int(parent_failed):
+                finished.append(parent)
+        if parent == job_id and status in ("cancelled", "dead"):
+            self._expire_shards(job_id)
+        if status != "claimed":
             return None
         job = Job.from_hash(self.redis.hgetall(keys.job(job_id)))
         return JobContext(job=job, shard_index=job.shard_index, shard_count=job.shards if job.parent else 1,
                           _queue=self)
 
     def _cancel_one(self, job_id: str) -> None:
-        self._cancel(keys=[keys.job(job_id)], args=[repr(time.time()), keys.job_events(job_id)])
+        ttl = 0 if ".shard" in job_id else self._ttls()[0]  # a shard expires with its parent
+        self._cancel(keys=[keys.job(job_id)], args=[repr(time.time()), keys.job_events(job_id), ttl])
 
     def _cancel_shards(self, parent_id: str) -> None:
         shards = int(_text(self.redis.hget(keys.job(parent_id), "shards")) or 0)
         for i in range(shards):
             self._cancel_one(_shard_id(parent_id, i))
+        self._expire_shards(parent_id)
+
+    def _expire_shards(self, parent_id: str) -> None:
+        """Give a finished parent's shards the parent's remaining TTL (they are read, and retried, with it)."""
+        ttl_ms = self.redis.pttl(keys.job(parent_id))
+        shards, reduce_kind = (_text(v) for v in self.redis.hmget(keys.job(parent_id), "shards", "reduce_kind"))
+        if ttl_ms is None or ttl_ms <= 0 or not reduce_kind:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for i in range(int(shards or 0)):
+                pipe.pexpire(keys.job(_shard_id(parent_id, i)), ttl_ms)
+            pipe.execute()
 
     def _index_after(self, after: tuple[float, str] | None, chunk: int = 100) -> Iterator[str]:
         """Job ids newest first, strictly after the cursor (created, id) in that order."""
@@ -432,22 +581,134 @@ class JobQueue:
 
 @dataclass
 class JobContext:
-    """What a handler gets: the job, its shard, and progress reporting that doubles as the cancellation check."""
+    """What a handler gets: the job, its shard, progress reporting that doubles as the cancellation check, and
+    checkpoints.
+
+    Progress survives Redis outages: once a report fails, a background thread retries the latest report (and a
+    pending checkpoint) with backoff while the handler goes on computing, its reports kept locally; only an outage
+    longer than the retry window stops the handler (``RedisUnavailable``, at its next report).
+    """
     job: Job
     shard_index: int = 0
     shard_count: int = 1
     _queue: JobQueue | None = field(default=None, repr=False)
     _stop: threading.Event | None = field(default=None, repr=False)
+    retry: RedisRetry = field(default_factory=RedisRetry, repr=False)
+    checkpoint_interval: float = CHECKPOINT_S
+    last_progress: float = field(default_factory=time.monotonic, repr=False)
+    _last_checkpoint: float = field(default_factory=time.monotonic, repr=False)
+    _pending_checkpoint: dict | None = field(default=None, repr=False)
+    _outage: Outage | None = field(default=None, repr=False)
+    _lost: str = field(default="", repr=False)
+    _recovery: threading.Thread | None = field(default=None, repr=False)
+    _recovery_error: BaseException | None = field(default=None, repr=False)
+    _cancel_seen: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        self._outage = Outage(self.retry)
+
+    @property
+    def checkpoint(self) -> dict | None:
+        """The last checkpoint of this job (from an earlier attempt, or saved by this one); None when none."""
+        return self.job.checkpoint
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
         """Record progress; raises JobCancelled / JobInterrupted between batches when the job must stop."""
-        cancel = self._queue.report_progress(self.job, stage, done, total)
         self.job.stage, self.job.done, self.job.total = stage, done, total
+        self.last_progress = time.monotonic()
+        self._raise_if_lost()
+        cancel = self._try(f"job {self.job.id} progress",
+                           lambda: self._queue.report_progress(self.job, stage, done, total), False)
         self._raise_if_stopping(cancel)
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled when a cancel was requested (JobInterrupted when the worker stops)."""
-        self._raise_if_stopping(self._queue.cancel_requested(self.job))
+        self._raise_if_lost()
+        self._raise_if_stopping(self._try(f"job {self.job.id} cancel check",
+                                          lambda: self._queue.cancel_requested(self.job), False))
+
+    def checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_interval`` seconds have passed since the attempt began or last saved one."""
+        return time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        """Record ``checkpoint`` (small JSON: references to artifacts in the store) for a later attempt to resume
+        from. While Redis is unreachable it is kept and sent with the next progress report."""
+        json.dumps(checkpoint)
+        with self._lock:
+            self.job.checkpoint = self._pending_checkpoint = checkpoint
+        self._last_checkpoint = time.monotonic()
+        self._raise_if_lost()
+        self._try(f"job {self.job.id} checkpoint", lambda: None, None)
+
+    def attach(self, stop: threading.Event, retry: RedisRetry, checkpoint_interval: float) -> None:
+        """Used by the worker: its stop event, Redis retry policy and checkpoint interval."""
+        self._stop, self.retry, self.checkpoint_interval = stop, retry, checkpoint_interval
+        self._outage = Outage(retry)
+
+    @property
+    def lost(self) -> bool:
+        return bool(self._lost)
+
+    def mark_lost(self, reason: str) -> None:
+        """Fence this attempt off locally (the worker failed it, e.g. as hung): its next report raises JobLost."""
+        self._lost = reason
+
+    def _try(self, what: str, call, default):
+        """``call()`` (after sending a pending checkpoint); while Redis is down, ``default`` at once (the recovery
+        thread retries), or the error the recovery thread ended with."""
+        if self._recovery is not None:
+            if self._recovery.is_alive():
+                return True if self._cancel_seen and default is False else default
+            self._recovery = None
+            if self._recovery_error is not None:
+                raise self._recovery_error
+            if self._cancel_seen and default is False:
+                return True
+        try:
+            self._send_checkpoint()
+            return call()
+        except TRANSIENT as error:
+            self._outage.failed(what, error)  # RedisUnavailable when the window is 0
+            self._recovery = threading.Thread(target=self._recover, args=(what,), daemon=True,
+                                              name=f"recover-{self.job.id}")
+            self._recovery.start()
+            return default
+
+    def _send_checkpoint(self) -> None:
+        with self._lock:
+            pending = self._pending_checkpoint
+        if pending is not None:
+            self._queue.save_checkpoint(self.job, pending)
+            with self._lock:
+                if self._pending_checkpoint is pending:
+                    self._pending_checkpoint = None
+
+    def _recover(self, what: str) -> None:
+        """Retry the latest progress report (and pending checkpoint) with backoff until Redis answers."""
+        while True:
+            time.sleep(max(0.0, self._outage.next_try - time.monotonic()))
+            try:
+                self._send_checkpoint()
+                cancel = self._queue.report_progress(self.job, self.job.stage, self.job.done, self.job.total)
+            except TRANSIENT as error:
+                try:
+                    self._outage.failed(what, error)
+                except RedisUnavailable as gone:
+                    self._recovery_error = gone
+                    return
+                continue
+            except JobLost as lost:
+                self._recovery_error = lost
+                return
+            self._cancel_seen = self._cancel_seen or cancel
+            self._outage.recovered(what)
+            return
+
+    def _raise_if_lost(self) -> None:
+        if self._lost:
+            raise JobLost(f"job {self.job.id!r} attempt {self.job.attempt}: {self._lost}")
 
     def _raise_if_stopping(self, cancel: bool) -> None:
         if cancel:
@@ -476,6 +737,21 @@ def _dump(value: dict | None) -> str:
 
 def _load(text: str) -> dict | None:
     return json.loads(text) if text else None
+
+
+def _encode_dead_token(entry_id: str) -> str:
+    return base64.urlsafe_b64encode(f"dead:{entry_id}".encode()).decode()
+
+
+def _decode_dead_token(token: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, binascii.Error):
+        raise ValueError("bad token") from None
+    kind, _, entry_id = text.partition(":")
+    if kind != "dead" or not re.fullmatch(r"\d+-\d+", entry_id):
+        raise ValueError("bad token")
+    return entry_id
 
 
 def _encode_token(created: float, job_id: str) -> str:

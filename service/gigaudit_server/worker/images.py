@@ -37,8 +37,9 @@ class ArchiveImages:
         self.path, self.mean, self.std, self.batch_size, self.limits = path, list(mean), list(std), batch_size, limits
         self.start = start
         with open(path, "rb") as f, Archive(f, limits) as archive:
+            names = [member.name for member in archive.images()]
             self.class_names = archive.class_names
-            self.names = [e.name for e in archive.entries[start:stop]]
+        self.names = names[start:stop]
         self.labels = None
         if self.class_names:
             index = {c: i for i, c in enumerate(self.class_names)}
@@ -67,17 +68,18 @@ class ArchiveImages:
 
     def _decode(self, indices, batch_size: int):
         """Batches of the images at sorted ``indices``, reading the archive once, in order."""
-        import numpy as np
         mean, std = torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1)
         height, width = self.size
         wanted, pixels = set(indices), []
         last = max(wanted, default=-1)
         with open(self.path, "rb") as f, Archive(f, self.limits) as archive:
-            entries = archive.entries[self.start:self.start + last + 1]
-            for i, entry in enumerate(entries):
+            for position, member in enumerate(archive.images()):
+                i = position - self.start
+                if i > last:
+                    break
                 if i not in wanted:
                     continue
-                image = decode_image(entry.name, archive.read(entry), self.limits).convert("RGB")
+                image = decode_image(member.name, member.load(), self.limits).convert("RGB")
                 pixels.append(np.asarray(image.resize((width, height), Image.BILINEAR)))
                 if len(pixels) == batch_size or i == last:
                     batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(255)
@@ -92,8 +94,6 @@ def load_images(path: str, size: int | Sequence[int], mean: Sequence[float], std
                 start: int = 0, stop: int | None = None, limits: DatasetLimits = DatasetLimits()):
     """Images ``[start, stop)`` at once: ``(images (N, 3, H, W), labels (N,) or None, names)`` (see
     :class:`ArchiveImages`)."""
-    import torch
-
     data = ArchiveImages(path, size, mean, std, start=start, stop=stop, limits=limits)
     images = torch.cat([b[0] if isinstance(b, tuple) else b for b in data]) if data.names else data._empty()
     return images, data.labels, data.names

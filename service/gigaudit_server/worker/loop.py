@@ -1,42 +1,73 @@
 """The worker loop: claim a job, run its handler in-process, settle the job.
 
 A background thread refreshes the worker's heartbeat key for as long as the worker claims or runs jobs, so a long
-job is never taken away from a live worker; a dead worker's jobs are reclaimed once its key expires. SIGTERM or
-SIGINT (or the stop event) stops the loop: a running job is handed back to the queue at its next batch, not failed.
+job is never taken away from a live worker; a dead worker's jobs are reclaimed once its key expires. The same thread
+watches the running handler: one that reports no progress for ``stall_timeout_s`` is failed and dead-lettered, and
+its attempt is fenced off. Redis outages are ridden out (``redis_retry_s``, see ``queue.retry``): the handler goes
+on computing while its reports wait. SIGTERM or SIGINT (or the stop event) stops the loop: a running job is handed
+back to the queue at its next batch, not failed. ``on_finished(job)`` is called after this worker brought a
+top-level job to a final state.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import json
 import signal
 import socket
 import threading
-import traceback
+import time
 import uuid
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import redis as redis_lib
 
-from gigaudit_server.queue.jobs import Handler, Job, JobCancelled, JobContext, JobInterrupted, JobLost, JobQueue, Reducer
+from gigaudit_server.queue.jobs import (
+    CHECKPOINT_S,
+    Handler,
+    Job,
+    JobCancelled,
+    JobContext,
+    JobInterrupted,
+    JobLost,
+    JobQueue,
+    Reducer,
+)
+from gigaudit_server.queue.retry import DEFAULT_WINDOW_S, RedisRetry, RedisUnavailable
+from gigaudit_server.worker.failures import classify
 
 log = logging.getLogger(__name__)
+STALL_TIMEOUT_S = 1800.0
 
 
 class Worker:
     def __init__(self, queue: JobQueue, handlers: Mapping[str, Handler], reducers: Mapping[str, Reducer] | None = None,
-                 *, name: str | None = None, poll_interval: float = 1.0):
+                 *, name: str | None = None, poll_interval: float = 1.0, redis_retry_s: float = DEFAULT_WINDOW_S,
+                 stall_timeout_s: float | None = STALL_TIMEOUT_S, checkpoint_s: float = CHECKPOINT_S,
+                 on_finished: Callable[[Job], None] | None = None):
+        """``redis_retry_s``: how long an outage may last before the running attempt is given up;
+        ``stall_timeout_s``: seconds without progress after which a job is failed as hung (None: never);
+        ``checkpoint_s``: how often long handlers checkpoint (0: after every batch)."""
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        if stall_timeout_s is not None and stall_timeout_s <= 0:
+            raise ValueError(f"stall_timeout_s must be > 0 seconds (or None), got {stall_timeout_s}")
+        if checkpoint_s < 0:
+            raise ValueError(f"checkpoint_s must be >= 0 seconds, got {checkpoint_s}")
         self.queue = queue
         self.handlers = dict(handlers)
         self.reducers = dict(reducers or {})
         # unique per process start, so a restarted worker never vouches for the deliveries of its predecessor
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.poll_interval = poll_interval
+        self.retry = RedisRetry(redis_retry_s)
+        self.stall_timeout_s = stall_timeout_s
+        self.checkpoint_s = checkpoint_s
+        self.on_finished = on_finished
         self.stop_event = threading.Event()
         self._beating = 0
+        self._running: JobContext | None = None
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Run jobs until ``stop_event`` (or SIGTERM / SIGINT, when called from the main thread) is set."""
@@ -46,56 +77,80 @@ class Worker:
             while not self.stop_event.is_set():
                 try:
                     self.run_one(block_ms=int(self.poll_interval * 1000))
-                except redis_lib.RedisError:  # keep serving: Redis may come back, the jobs are safe in it
-                    log.exception("worker %s: Redis error; retrying", self.name)
+                except (redis_lib.RedisError, RedisUnavailable) as e:  # keep serving: the jobs are safe in Redis
+                    log.warning("worker %s: Redis error (%s); retrying", self.name, e)
                     self.stop_event.wait(self.poll_interval)
-        self.queue.retire(self.name)
+        try:
+            self.queue.retire(self.name)
+        except redis_lib.RedisError as e:
+            log.warning("worker %s: could not retire (%s); its heartbeat expires by itself", self.name, e)
 
     def run_one(self, block_ms: int = 1000) -> bool:
         """Claim one job (a dead worker's first, else a new one, waiting up to ``block_ms``) and run it.
         True when a job ran."""
         with self._heartbeat():
-            context = self.queue.reclaim(self.name) or self.queue.claim_next(self.name, block_ms)
+            finished: list[str] = []
+            context = self.queue.reclaim(self.name, finished) or self.queue.claim_next(self.name, block_ms, finished)
+            for job_id in finished:
+                self._notify(job_id)
             if context is None:
                 return False
-            context._stop = self.stop_event
-            self._execute(context)
+            context.attach(self.stop_event, self.retry, self.checkpoint_s)
+            self._running = context
+            try:
+                self._execute(context)
+            finally:
+                self._running = None
             return True
 
     def _execute(self, context: JobContext) -> None:
         job = context.job
-        log.info("worker %s: job %s (%s) attempt %d", self.name, job.id, job.kind, job.attempt)
+        log.info("worker %s: job %s (%s) attempt %d%s", self.name, job.id, job.kind, job.attempt,
+                 " from its checkpoint" if job.checkpoint else "")
         try:
             if self.stop_event.is_set():
                 raise JobInterrupted("worker stopping")
             result = self._call(context)
         except JobCancelled:
-            self._settle(job, "cancelled")
+            self._finish(job, "cancelled")
         except JobInterrupted:
-            self._settle(job, "handback")
-        except JobLost:
-            log.warning("worker %s: job %s attempt %d was taken over; dropped", self.name, job.id, job.attempt)
-        except ValueError as e:
-            self._settle(job, "failed", {"code": "INVALID_ARGUMENT", "message": str(e)})
+            self._finish(job, "handback")
+        except JobLost as e:
+            log.warning("worker %s: job %s dropped (%s)", self.name, job.id, e)
+        except RedisUnavailable as e:
+            log.error("worker %s: job %s given up (%s); it will be reclaimed", self.name, job.id, e)
         except Exception as e:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
-            log.exception("worker %s: job %s failed", self.name, job.id)
-            self._settle(job, "retry", {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}",
-                                        "traceback": traceback.format_exc(limit=20)})
+            outcome, error = classify(e)
+            if outcome == "retry":
+                log.exception("worker %s: job %s failed; it may be retried", self.name, job.id)
+            else:
+                log.warning("worker %s: job %s: %s (%s)", self.name, job.id, error["code"], error["message"])
+            self._finish(job, outcome, error)
         else:
-            if self._settle(job, "succeeded", result) == "stale":
-                log.warning("worker %s: job %s attempt %d was taken over; result dropped", self.name, job.id,
-                            job.attempt)
+            self._finish(job, "succeeded", result)
 
-    def _settle(self, job: Job, outcome: str, payload: dict | None = None) -> str:
-        """Settle, waiting out a Redis outage (the heartbeat keeps the job ours meanwhile) unless stopping."""
-        while True:
-            try:
-                return self.queue.settle(job, outcome, payload)
-            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as e:
-                if self.stop_event.is_set():
-                    raise
-                log.warning("worker %s: cannot settle job %s yet (%s); retrying", self.name, job.id, e)
-                self.stop_event.wait(self.poll_interval)
+    def _finish(self, job: Job, outcome: str, payload: dict | None = None) -> None:
+        """Settle, riding out a Redis outage (the heartbeat keeps the job ours meanwhile) for the retry window."""
+        try:
+            status, finished = self.retry.call(f"job {job.id} settle",
+                                               lambda: self.queue.settle_outcome(job, outcome, payload))
+        except RedisUnavailable as e:
+            log.error("worker %s: job %s not settled (%s); it will be reclaimed", self.name, job.id, e)
+            return
+        if status == "stale":
+            log.warning("worker %s: job %s attempt %d was taken over; its %s was dropped", self.name, job.id,
+                        job.attempt, outcome)
+        if finished:
+            self._notify(finished)
+
+    def _notify(self, job_id: str) -> None:
+        """``on_finished(job)``, best effort."""
+        if self.on_finished is None:
+            return
+        try:
+            self.on_finished(self.retry.call(f"job {job_id} read", lambda: self.queue.get(job_id)))
+        except (Exception, RedisUnavailable):  # noqa: BLE001 - the job is settled; its listener's errors are its own
+            log.exception("worker %s: on_finished failed for job %s", self.name, job_id)
 
     def _call(self, context: JobContext) -> dict:
         job = context.job
@@ -103,15 +158,33 @@ class Worker:
             reducer = self.reducers.get(job.reduce_kind)
             if reducer is None:
                 raise _unknown("reducer", job.reduce_kind, self.reducers)
-            return _checked(reducer(job, [shard.result for shard in self.queue.shards(job)]))
+            shards = self.retry.call(f"job {job.id} shards", lambda: self.queue.shards(job))
+            return _checked(reducer(job, [shard.result for shard in shards]))
         handler = self.handlers.get(job.kind)
         if handler is None:
             raise _unknown("handler", job.kind, self.handlers)
         return _checked(handler(context))
 
+    def _check_stall(self) -> None:
+        """Fail the running job as hung when its handler reported no progress for ``stall_timeout_s``."""
+        context = self._running
+        if context is None or self.stall_timeout_s is None or context.lost:
+            return
+        idle = time.monotonic() - context.last_progress
+        if idle < self.stall_timeout_s:
+            return
+        error = {"code": "DEADLINE_EXCEEDED", "message": f"the job reported no progress for {idle:.0f} s (the "
+                 f"stall timeout is {self.stall_timeout_s:g} s): it was failed as hung and dead-lettered"}
+        status, finished = self.queue.settle_outcome(context.job, "dead", error)  # a Redis error: next beat
+        context.mark_lost("failed as hung")
+        log.error("worker %s: job %s hung (no progress for %.0f s): %s; this worker takes no other job until the "
+                  "handler returns", self.name, context.job.id, idle, status)
+        if finished:
+            self._notify(finished)
+
     @contextlib.contextmanager
     def _heartbeat(self) -> Iterator[None]:
-        """Keep this worker's heartbeat key alive while inside (re-entrant)."""
+        """Keep this worker's heartbeat key alive, and watch for a hung handler, while inside (re-entrant)."""
         self._beating += 1
         if self._beating > 1:
             try:
@@ -120,14 +193,27 @@ class Worker:
                 self._beating -= 1
             return
         done = threading.Event()
-        self.queue.beat(self.name)
+        try:
+            self.queue.beat(self.name)
+        except redis_lib.RedisError as e:
+            log.warning("worker %s: heartbeat failed: %s", self.name, e)
+        ttl = self.queue.heartbeat_ttl
 
         def beat() -> None:
-            while not done.wait(self.queue.heartbeat_ttl / 3):
+            # during an outage, beat again soon: reclaimers wait only reclaim_grace for a live worker to show up
+            interval = ttl / 3
+            while not done.wait(interval):
                 try:
                     self.queue.beat(self.name)
+                    interval = ttl / 3
                 except redis_lib.RedisError as e:
-                    log.warning("worker %s: heartbeat failed: %s", self.name, e)
+                    if interval == ttl / 3:
+                        log.warning("worker %s: heartbeat failed: %s", self.name, e)
+                    interval = ttl / 10
+                try:
+                    self._check_stall()
+                except redis_lib.RedisError as e:
+                    log.warning("worker %s: cannot fail a hung job yet: %s", self.name, e)
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{self.name}", daemon=True)
         thread.start()

@@ -2,22 +2,28 @@
 
 One worker process per device: it keeps models resident on its device, takes jobs from Redis and runs the gig
 handlers in-process. SIGTERM or SIGINT stops it; a running job is handed back to the queue at its next batch.
+Redis outages up to ``--redis-retry-s`` do not fail a job; long jobs checkpoint every ``--checkpoint-s``; a job
+without progress for ``--stall-timeout-s`` is failed and dead-lettered.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+from types import SimpleNamespace
 
 import redis
 import torch
 
-from gigaudit_server.worker.architectures import list_architectures
-from gigaudit_server.storage.catalog import Catalog
-from gigaudit_server.queue.jobs import JobQueue
-from gigaudit_server.worker.models import ModelCache
+from gigaudit_server.queue.jobs import CHECKPOINT_S, DEAD_LETTER_TTL_S, FINISHED_TTL_S, JobQueue
+from gigaudit_server.queue.retry import DEFAULT_WINDOW_S
+from gigaudit_server.storage import settlement
 from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.storage.catalog import Catalog
+from gigaudit_server.worker.architectures import list_architectures
+from gigaudit_server.worker.loop import STALL_TIMEOUT_S, Worker
+from gigaudit_server.worker.models import ModelCache
 from gigaudit_server.worker.tasks import Tasks
-from gigaudit_server.worker.loop import Worker
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,12 +35,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", type=int, default=4, help="models kept resident (LRU, default 4)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per gig batch (default 32)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--redis-retry-s", type=float, default=DEFAULT_WINDOW_S,
+                        help=f"how long a Redis outage is ridden out before a running job is given up "
+                             f"(default {DEFAULT_WINDOW_S:g})")
+    parser.add_argument("--checkpoint-s", type=float, default=CHECKPOINT_S,
+                        help=f"seconds between checkpoints of long jobs, 0 = every batch (default {CHECKPOINT_S:g})")
+    parser.add_argument("--stall-timeout-s", type=float, default=STALL_TIMEOUT_S,
+                        help=f"fail and dead-letter a job without progress for this long, 0 = never "
+                             f"(default {STALL_TIMEOUT_S:g})")
+    parser.add_argument("--heartbeat-s", type=float, default=10.0,
+                        help="heartbeat TTL: a dead worker's jobs are reclaimed about this long after it died "
+                             "(default 10)")
+    parser.add_argument("--max-attempts", type=int, default=3, help="failed deliveries before a job is dead (3)")
+    parser.add_argument("--finished-ttl-s", type=float, default=FINISHED_TTL_S,
+                        help=f"how long finished jobs are kept, 0 = for ever (default {FINISHED_TTL_S:g}: 7 days)")
+    parser.add_argument("--dead-letter-ttl-s", type=float, default=DEAD_LETTER_TTL_S,
+                        help=f"how long dead letters (and their jobs) are kept, 0 = for ever "
+                             f"(default {DEAD_LETTER_TTL_S:g}: 30 days)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     try:
         args.device = check_device(args.device)
     except ValueError as exc:
         parser.error(str(exc))
+    for name in ("redis_retry_s", "checkpoint_s", "stall_timeout_s", "finished_ttl_s", "dead_letter_ttl_s"):
+        if not math.isfinite(getattr(args, name)) or getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be a number of seconds >= 0")
+    if not math.isfinite(args.heartbeat_s) or args.heartbeat_s <= 0:
+        parser.error("--heartbeat-s must be a number of seconds > 0")
+    if args.max_attempts < 1:
+        parser.error("--max-attempts must be >= 1")
     return args
 
 
@@ -56,9 +86,17 @@ def check_device(name: str) -> str:
 def build_worker(args: argparse.Namespace) -> Worker:
     store = ArtifactStore(args.store)
     tasks = Tasks(store, args.device, ModelCache(store, capacity=args.models), batch_size=args.batch_size)
-    queue = JobQueue(redis.Redis.from_url(args.redis_url, decode_responses=True))
-    Catalog(queue.redis).publish_architectures(list_architectures())  # for the torch-free API's checks and listing
-    return Worker(queue, tasks.handlers(), tasks.reducers(), name=args.name)
+    # a socket timeout, so that a Redis that hangs (rather than refusing connections) is retried like one that is down
+    client = redis.Redis.from_url(args.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
+                                  health_check_interval=15)
+    queue = JobQueue(client, max_attempts=args.max_attempts, heartbeat_ttl=args.heartbeat_s,
+                     finished_ttl=args.finished_ttl_s, dead_letter_ttl=args.dead_letter_ttl_s)
+    catalog = Catalog(queue.redis)
+    catalog.publish_architectures(list_architectures())  # for the torch-free API's checks and listing
+    plane = SimpleNamespace(catalog=catalog, queue=queue, store=store)  # what settling a finished job reads
+    return Worker(queue, tasks.handlers(), tasks.reducers(), name=args.name, redis_retry_s=args.redis_retry_s,
+                  checkpoint_s=args.checkpoint_s, stall_timeout_s=args.stall_timeout_s or None,
+                  on_finished=lambda job: settlement.settle_job(plane, job))
 
 
 def main(argv=None) -> None:

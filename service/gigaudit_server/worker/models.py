@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from gigaudit_server.worker.architectures import build_architecture
 from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.worker.architectures import build_architecture
 
 _SHOWN = 20  # keys listed per kind of mismatch
 

@@ -8,12 +8,19 @@ no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks g
 
 Job parameters that are absent are not passed on: gig's keyword defaults are the only defaults (the API passes on
 only the fields a caller set).
+
+Checkpoints: a graph is built one batch at a time (one ``gig.build_graph`` per batch, merged in order; equal to
+gig's single pass up to the last bits of a float sum) and its partial graph is stored and recorded as the job's
+checkpoint whenever ``JobContext.checkpoint_due``; an audit also checkpoints its concept set once extracted, and its
+whole graph. A reclaimed or retried job resumes from its checkpoint and gives the same graph, byte for byte, as an
+uninterrupted run with the same ``batch_size``; only the batches after the checkpoint are computed again.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,11 +33,14 @@ import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
 from gigaudit.results import ConceptGraph as GraphView
-from gigaudit_server.storage import exemplars
-from gigaudit_server.worker.images import ArchiveImages
+from gigaudit_server.queue import schemas
 from gigaudit_server.queue.jobs import Job, JobContext
-from gigaudit_server.worker.models import ModelCache
+from gigaudit_server.storage import exemplars
 from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.worker.images import ArchiveImages
+from gigaudit_server.worker.models import ModelCache
+
+log = logging.getLogger(__name__)
 
 # The job params that are gig's keyword arguments; absent ones take gig's defaults.
 EXTRACT_OPTIONS = ("n_concepts", "method", "pfvs_per_image", "sampling", "lam", "seed")
@@ -75,9 +85,11 @@ class Tasks:
         self.exemplar_concepts = exemplar_concepts
 
     def handlers(self) -> dict:
-        return {"validate_model": self.validate_model, "extract_concepts": self.extract_concepts,
-                "build_graph": self.build_graph, "audit": self.audit, "render_exemplars": self.render_exemplars,
-                "noop": self.noop}
+        """Handlers by job kind; each first checks the job's parameters against its schema (``queue.schemas``)."""
+        handlers = {"validate_model": self.validate_model, "extract_concepts": self.extract_concepts,
+                    "build_graph": self.build_graph, "audit": self.audit, "render_exemplars": self.render_exemplars,
+                    "noop": self.noop}
+        return {kind: _checked_params(kind, handler) for kind, handler in handlers.items()}
 
     def reducers(self) -> dict:
         return {"reduce_graph": self.reduce_graph}
@@ -119,8 +131,8 @@ class Tasks:
             return {"partial_sha": None, "n_images": 0}
         model = self.models.get(params["model"], self.device)
         concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
-        with self._dataset(params, start, stop) as data:
-            graph = self._graph(model, data, concepts, _options(params, GRAPH_OPTIONS), params, ctx.progress, start)
+        graph = self._graph(ctx, model, concepts, _options(params, GRAPH_OPTIONS), params, start, stop,
+                            ctx.checkpoint or {})
         if ctx.job.parent is None and ctx.shard_count == 1:
             return self._graph_result(graph)
         return {"partial_sha": self._put_json("graphs", graph.to_dict()), "n_images": stop - start}
@@ -146,12 +158,24 @@ class Tasks:
         model = self.models.get(params["model"], self.device)
         graph_options = _options({**params, "method": params.get("quadrature")}, GRAPH_OPTIONS)
         clock = _StageClock()
+        saved = ctx.checkpoint or {}
         with self._dataset(params) as data:
-            with clock("extract"):
-                concepts = self._extract(model, data, {**params, "method": params.get("clustering")}, ctx.progress)
-                result = self._store_concepts(concepts)
+            concepts, result = self._checkpointed_concepts(saved)
+            if concepts is None:
+                saved = {}
+                with clock("extract"):
+                    extracted = self._extract(model, data, {**params, "method": params.get("clustering")},
+                                              ctx.progress)
+                    result = self._store_concepts(extracted)
+                    # go on with the stored set, as a resumed attempt does
+                    concepts = ConceptSet.from_bytes(extracted.to_bytes())
+                ctx.save_checkpoint({"concepts": result})
             with clock("graph"):
-                graph = self._graph(model, data, concepts, graph_options, params, ctx.progress, 0)
+                graph = self._graph(ctx, model, concepts, graph_options, params, 0, len(data.names), saved,
+                                    {"concepts": result})
+                if saved.get("images") != graph.n_images:
+                    ctx.save_checkpoint({"concepts": result, "graph_sha": self._put_json("graphs", graph.to_dict()),
+                                         "images": graph.n_images})
             with clock("exemplars"):
                 shown = most_relevant(graph.to_dict(), self.exemplar_concepts)
                 result.update(self._store_exemplars(model, concepts, data, params["model"], shown, ctx.progress))
@@ -292,15 +316,53 @@ class Tasks:
                       "ierf_png": exemplars.ierf_png(picture, heat)}
                 for row, crop, picture, heat in zip(rows, crops, pictures, maps.cpu().numpy())}
 
-    def _graph(self, model, data: ArchiveImages, concepts, options, params, progress, start_index):
-        n_images = len(data.names)
+    def _graph(self, ctx: JobContext, model, concepts, options, params, start: int, stop: int, saved: Mapping,
+               keep: Mapping | None = None):
+        """The graph of images ``[start, stop)``, one batch at a time from the checkpoint ``saved`` on; partial
+        graphs are checkpointed (with ``keep``) whenever one is due."""
+        graph, done = self._checkpointed_graph(saved, stop - start)
+        total = stop - start
+        ctx.progress("graph", done, total)
+        if done < total:
+            with self._dataset(params, start + done, stop) as data:
+                for batch in data:
+                    part = gig.build_graph(model, [batch], concepts, layers=params.get("layers") or None,
+                                           device=self.device, class_names=params["model"].get("class_names") or None,
+                                           start_index=start + done, **options)
+                    graph = part if graph is None else graph.merge(part)
+                    done += part.n_images
+                    if done < total and ctx.checkpoint_due():  # before the report, which may stop the job
+                        ctx.save_checkpoint({**(keep or {}), "graph_sha": self._put_json("graphs", graph.to_dict()),
+                                             "images": done})
+                    ctx.progress("graph", done, total)
+        if graph is None:
+            raise ValueError("the dataset has no images to build a graph from")
+        return graph
 
-        def report(stage, done, total):  # gig cannot know the image count of a streamed dataset
-            progress(stage, done, n_images if total is None and stage == "graph" else total)
+    def _checkpointed_graph(self, saved: Mapping, total: int):
+        """``(partial graph, images done)`` of a checkpoint; ``(None, 0)`` when it has none (or it is unusable)."""
+        if not saved.get("graph_sha"):
+            return None, 0
+        try:
+            graph = gig.ConceptGraph.from_dict(json.loads(self.store.read("graphs", saved["graph_sha"])))
+        except (KeyError, ValueError) as exc:
+            log.warning("checkpoint unusable (%s); the graph starts over", exc)
+            return None, 0
+        if graph.n_images != saved.get("images") or not 0 < graph.n_images <= total:
+            log.warning("checkpoint of %s images for a graph of %s; the graph starts over", graph.n_images, total)
+            return None, 0
+        return graph, graph.n_images
 
-        return gig.build_graph(model, data, concepts, layers=params.get("layers") or None, device=self.device,
-                               progress=report, class_names=params["model"].get("class_names") or None,
-                               start_index=start_index, **options)
+    def _checkpointed_concepts(self, saved: Mapping):
+        """``(concept set, its stored result)`` of an audit's checkpoint; ``(None, None)`` when it has none."""
+        result = saved.get("concepts")
+        if not result:
+            return None, None
+        try:
+            return ConceptSet.from_bytes(self.store.read("concepts", result["concept_set_sha"])), dict(result)
+        except (KeyError, ValueError) as exc:
+            log.warning("checkpointed concept set unusable (%s); extracting again", exc)
+            return None, None
 
     def _graph_result(self, graph) -> dict:
         data = graph.to_dict()
@@ -369,6 +431,19 @@ def _pngs_of(exemplars_of_concept: list[dict], exemplar) -> dict:
         if (old["image"], old["position"]) == (exemplar.image, exemplar.position):
             return {k: old[k] for k in exemplars.PNG_KEYS if k in old}
     return {}
+
+
+def _checked_params(kind: str, handler):
+    """``handler`` after a check of the job's parameters against the schema of ``kind`` (``ValueError`` when they
+    do not fit: bad input, the job fails at once)."""
+    def checked(ctx: JobContext) -> dict:
+        try:
+            schemas.parse(kind, ctx.job.params)
+        except schemas.ValidationError as exc:
+            raise ValueError(f"the job's parameters do not fit {kind!r}: {schemas.describe(exc)}") from None
+        return handler(ctx)
+    checked.__doc__ = handler.__doc__
+    return checked
 
 
 def _options(params: Mapping, names) -> dict:

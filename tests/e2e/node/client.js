@@ -25,7 +25,7 @@ function unary(client, method, request) {
 
 function upload(weights) {
   return new Promise((resolve, reject) => {
-    const call = models.UploadModel(deadline(), (err, model) => (err ? reject(err) : resolve(model)));
+    const call = models.UploadModel(deadline(), (err, operation) => (err ? reject(err) : resolve(operation)));
     const model = {
       architecture: "partsnet", num_classes: 6, input_size: 32, mean: [0, 0, 0], std: [1, 1, 1],
       size_bytes: weights.length, sha256: crypto.createHash("sha256").update(weights).digest("hex"),
@@ -50,7 +50,9 @@ async function main() {
   const out = {};
   const archs = await unary(models, "ListArchitectures", {});
   out.architectures = archs.architectures.map((a) => a.name);
-  const model = await upload(fs.readFileSync(weightsPath));
+  const validation = await upload(fs.readFileSync(weightsPath));  // an operation: a worker checks the weights
+  out.validated = (await watch(validation.name)).last.done;
+  const model = await unary(models, "GetModel", { name: "models/from-node" });
   out.model = { name: model.name, sha256: model.sha256, size_bytes: model.size_bytes };
   out.models = (await unary(models, "ListModels", { page_size: 100 })).models.map((m) => m.name);
   try {

@@ -1,0 +1,211 @@
+"""One schema per job kind: the parameters the API queues and the worker reads (torch-free, pydantic).
+
+The API builds a job's parameters with these models (``to_params``), so its range checks live here once; the worker
+parses them back (``parse``); ``docs/jobs.md`` is generated from them (``python -m gigaudit_server.queue.schemas``).
+An option left ``None`` is left out of the job, and the ``gig`` core's keyword default applies: no default is
+restated here. Bounds guard the service (memory, time), not the method.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256, 64 lowercase hex digits")]
+ResourceName = Annotated[str, Field(min_length=1, max_length=300, description="resource name")]
+
+__all__ = ["KINDS", "ValidationError", "parse", "to_params"]
+
+
+class _Schema(BaseModel):
+    # unknown keys are ignored: a record may carry more than a job needs (e.g. a model's size_bytes)
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ModelSpec(_Schema):
+    """What a worker needs to build a registered model."""
+    name: ResourceName
+    architecture: str = Field(min_length=1, description="a name from ListArchitectures")
+    num_classes: int = Field(ge=1)
+    class_names: list[str] = Field(default_factory=list)
+    input_size: int = Field(ge=1, le=4096, description="side of the square input in pixels")
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3, description="all positive")
+    weights_sha256: Sha256
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float]) -> list[float]:
+        if min(std) <= 0:
+            raise ValueError("std values must all be positive")
+        return std
+
+
+class DatasetSpec(_Schema):
+    """A registered dataset archive."""
+    name: ResourceName
+    sha256: Sha256
+    format: Literal["tar", "zip"]
+    n_images: int = Field(ge=0)
+    class_names: list[str] = Field(default_factory=list)
+    uri: str = ""
+
+
+class ConceptOptions(_Schema):
+    """Concept extraction (``gig.extract_concepts``); None: gig's default."""
+    n_concepts: int | None = Field(None, ge=1, le=65_536, description="concepts per layer")
+    method: str | None = Field(None, min_length=1, description="clustering method, e.g. kmeans or nmf")
+    pfvs_per_image: int | None = Field(None, ge=1, le=1024, description="PFVs sampled per image")
+    sampling: str | None = Field(None, min_length=1, description="PFV sampling scheme")
+    lam: float | None = Field(None, ge=0, description="Lasso penalty (relative to the layer's scale by default)")
+    seed: int | None = Field(None, description="random seed")
+
+
+class GraphOptions(_Schema):
+    """Concept graphs (``gig.build_graph``); None: gig's default."""
+    steps: int | None = Field(None, ge=1, le=1024, description="quadrature steps per segment")
+    top_t: int | None = Field(None, ge=1, le=1024, description="target concepts kept per source concept")
+    method: str | None = Field(None, min_length=1, description="quadrature method, e.g. auto or legendre")
+    path: str | None = Field(None, min_length=1, description="integration path")
+
+
+class _Job(_Schema):
+    kind: ClassVar[str]
+
+
+class ValidateModel(_Job):
+    """Load the uploaded weights strictly into the architecture, run one input, list the layers."""
+    kind: ClassVar[str] = "validate_model"
+    model_id: str = Field("", description="the model being registered (empty: a check only)")
+    model: ModelSpec
+
+
+class ExtractConcepts(ConceptOptions, _Job):
+    """Extract a concept set at the analysed layers."""
+    kind: ClassVar[str] = "extract_concepts"
+    model: ModelSpec
+    dataset: DatasetSpec
+    layers: list[str] = Field(min_length=1)
+    concept_set: str = Field("", max_length=300, description="the concept set it creates or reads (empty: none)")
+
+
+class BuildGraph(GraphOptions, _Job):
+    """Build the dataset-wide concept graph of a concept set (shardable)."""
+    kind: ClassVar[str] = "build_graph"
+    model: ModelSpec
+    dataset: DatasetSpec
+    layers: list[str] = Field(min_length=1)
+    concept_set: str = Field("", max_length=300, description="the concept set it creates or reads (empty: none)")
+    concept_set_sha: Sha256
+    concept_graph: str = Field("", max_length=300, description="the concept graph it creates (empty: none)")
+
+
+class Audit(_Job):
+    """Extraction, graph and evaluation in one job. The two steps' ``method`` options get names of their own."""
+    kind: ClassVar[str] = "audit"
+    model: ModelSpec
+    dataset: DatasetSpec
+    layers: list[str] = Field(min_length=1)
+    concept_set: str = Field("", max_length=300, description="the concept set it creates or reads (empty: none)")
+    concept_graph: str = Field("", max_length=300, description="the concept graph it creates (empty: none)")
+    n_concepts: int | None = ConceptOptions.model_fields["n_concepts"]
+    clustering: str | None = ConceptOptions.model_fields["method"]
+    pfvs_per_image: int | None = ConceptOptions.model_fields["pfvs_per_image"]
+    sampling: str | None = ConceptOptions.model_fields["sampling"]
+    lam: float | None = ConceptOptions.model_fields["lam"]
+    seed: int | None = ConceptOptions.model_fields["seed"]
+    steps: int | None = GraphOptions.model_fields["steps"]
+    top_t: int | None = GraphOptions.model_fields["top_t"]
+    quadrature: str | None = GraphOptions.model_fields["method"]
+    path: str | None = GraphOptions.model_fields["path"]
+    metrics: list[str] | None = Field(None, min_length=1, description="evaluation metrics")
+    evaluation_images: int | None = Field(None, ge=1, le=100_000, description="images evaluated")
+
+
+class RenderExemplars(_Job):
+    """Render the exemplar PNGs of chosen concepts of a concept set."""
+    kind: ClassVar[str] = "render_exemplars"
+    model: ModelSpec
+    dataset: DatasetSpec
+    concept_set: str = Field("", max_length=300, description="the concept set it creates or reads (empty: none)")
+    concept_set_sha: Sha256
+    exemplars_sha: Sha256
+    layer: str = Field(min_length=1)
+    concepts: list[int] = Field(min_length=1, max_length=1024, description="concept indices in the layer, ≥ 0")
+
+    @field_validator("concepts")
+    @classmethod
+    def _indices(cls, concepts: list[int]) -> list[int]:
+        if min(concepts) < 0:
+            raise ValueError("concept indices must be >= 0")
+        return concepts
+
+
+class Noop(_Job):
+    """A probe through the whole control plane."""
+    kind: ClassVar[str] = "noop"
+    sleep: float = Field(0.0, ge=0, le=60, description="seconds")
+
+
+KINDS: dict[str, type[_Job]] = {cls.kind: cls for cls in (ValidateModel, ExtractConcepts, BuildGraph, Audit,
+                                                          RenderExemplars, Noop)}
+
+
+def to_params(job: _Job) -> dict:
+    """The JSON parameters of a job (options left ``None`` are left out)."""
+    return job.model_dump(mode="json", exclude_none=True)
+
+
+def parse(kind: str, params: dict) -> _Job:
+    """The typed parameters of a queued job; ``ValueError`` for an unknown kind, ``ValidationError`` (a
+    ``ValueError``) for parameters that do not fit its schema."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    return KINDS[kind].model_validate(params)
+
+
+def describe(error: ValidationError) -> str:
+    """A one-line account of what does not fit: ``field: problem; …``."""
+    return "; ".join(f"{field}: {problem}" for field, problem in violations(error).items())
+
+
+def violations(error: ValidationError, fields: dict[str, str] | None = None) -> dict[str, str]:
+    """``{request field: description}`` for a ValidationError; ``fields`` maps schema fields to request fields."""
+    found = {}
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"])
+        found[(fields or {}).get(name, name)] = item["msg"]
+    return found
+
+
+_SYMBOLS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length ≥", "max_length": "length ≤",
+            "pattern": "matches"}
+
+
+def markdown() -> str:
+    """``docs/jobs.md``: every job kind and its parameters."""
+    lines = ["# Job kinds and their parameters", "",
+             "Generated from `service/gigaudit_server/queue/schemas.py` by `python -m gigaudit_server.queue.schemas "
+             "> docs/jobs.md`; a test checks that it is current. An option marked *gig's default* is left out of the "
+             "job when unset, and the `gig` core's keyword default applies.", ""]
+    sections = [*((f"`{kind}`", cls) for kind, cls in KINDS.items()), ("`ModelSpec`", ModelSpec),
+                ("`DatasetSpec`", DatasetSpec)]
+    for title, cls in sections:
+        lines += [f"## {title}", "", (cls.__doc__ or "").strip(), "", "| parameter | type | bounds | meaning |",
+                  "|---|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            bounds = ", ".join(f"{_SYMBOLS[attr]} {getattr(m, attr)}" for m in field.metadata for attr in _SYMBOLS
+                               if getattr(m, attr, None) is not None)
+            optional = field.default is None
+            meaning = (field.description or "") + (" (unset: gig's default)" if optional else "")
+            annotation = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            annotation = re.sub(r"\b\w+\.(?=\w)", "", annotation.replace(" | None", "").replace("|", "or"))
+            lines.append(f"| `{name}` | `{annotation}` | {bounds} | {meaning.strip()} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())
