@@ -26,31 +26,33 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gigaudit/v1/dataset_service.proto\x12\x0bgigaudit.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.gigaudit.v1.DatasetFormat\x12\x13\n\x0bimage_count\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0b\n\x03uri\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\n \x01(\t\"f\n\x14UploadDatasetRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .gigaudit.v1.UploadDatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"d\n\x13UploadDatasetHeader\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"g\n\x16RegisterDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08*_\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x41TASET_FORMAT_TAR\x10\x01\x12\x16\n\x12\x44\x41TASET_FORMAT_ZIP\x10\x02\x32\x8f\x03\n\x0e\x44\x61tasetService\x12J\n\rUploadDataset\x12!.gigaudit.v1.UploadDatasetRequest\x1a\x14.gigaudit.v1.Dataset(\x01\x12L\n\x0fRegisterDataset\x12#.gigaudit.v1.RegisterDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12\x42\n\nGetDataset\x12\x1e.gigaudit.v1.GetDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12S\n\x0cListDatasets\x12 .gigaudit.v1.ListDatasetsRequest\x1a!.gigaudit.v1.ListDatasetsResponse\x12J\n\rDeleteDataset\x12!.gigaudit.v1.DeleteDatasetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gigaudit/v1/dataset_service.proto\x12\x0bgigaudit.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.gigaudit.v1.DatasetFormat\x12\x13\n\x0bimage_count\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0b\n\x03uri\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\n \x01(\t\x12,\n\x0bimage_sizes\x18\x0b \x01(\x0b\x32\x17.gigaudit.v1.ImageSizes\"\x87\x01\n\nImageSizes\x12\x12\n\nmin_height\x18\x01 \x01(\x05\x12\x12\n\nmax_height\x18\x02 \x01(\x05\x12\x15\n\rmedian_height\x18\x03 \x01(\x05\x12\x11\n\tmin_width\x18\x04 \x01(\x05\x12\x11\n\tmax_width\x18\x05 \x01(\x05\x12\x14\n\x0cmedian_width\x18\x06 \x01(\x05\"f\n\x14UploadDatasetRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .gigaudit.v1.UploadDatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"d\n\x13UploadDatasetHeader\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"g\n\x16RegisterDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08*_\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x41TASET_FORMAT_TAR\x10\x01\x12\x16\n\x12\x44\x41TASET_FORMAT_ZIP\x10\x02\x32\x8f\x03\n\x0e\x44\x61tasetService\x12J\n\rUploadDataset\x12!.gigaudit.v1.UploadDatasetRequest\x1a\x14.gigaudit.v1.Dataset(\x01\x12L\n\x0fRegisterDataset\x12#.gigaudit.v1.RegisterDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12\x42\n\nGetDataset\x12\x1e.gigaudit.v1.GetDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12S\n\x0cListDatasets\x12 .gigaudit.v1.ListDatasetsRequest\x1a!.gigaudit.v1.ListDatasetsResponse\x12J\n\rDeleteDataset\x12!.gigaudit.v1.DeleteDatasetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gigaudit.v1.dataset_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATASETFORMAT']._serialized_start=909
-  _globals['_DATASETFORMAT']._serialized_end=1004
+  _globals['_DATASETFORMAT']._serialized_start=1093
+  _globals['_DATASETFORMAT']._serialized_end=1188
   _globals['_DATASET']._serialized_start=113
-  _globals['_DATASET']._serialized_end=357
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=359
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=461
-  _globals['_UPLOADDATASETHEADER']._serialized_start=463
-  _globals['_UPLOADDATASETHEADER']._serialized_end=563
-  _globals['_REGISTERDATASETREQUEST']._serialized_start=565
-  _globals['_REGISTERDATASETREQUEST']._serialized_end=668
-  _globals['_GETDATASETREQUEST']._serialized_start=670
-  _globals['_GETDATASETREQUEST']._serialized_end=703
-  _globals['_LISTDATASETSREQUEST']._serialized_start=705
-  _globals['_LISTDATASETSREQUEST']._serialized_end=765
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=767
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=854
-  _globals['_DELETEDATASETREQUEST']._serialized_start=856
-  _globals['_DELETEDATASETREQUEST']._serialized_end=907
-  _globals['_DATASETSERVICE']._serialized_start=1007
-  _globals['_DATASETSERVICE']._serialized_end=1406
+  _globals['_DATASET']._serialized_end=403
+  _globals['_IMAGESIZES']._serialized_start=406
+  _globals['_IMAGESIZES']._serialized_end=541
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=543
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=645
+  _globals['_UPLOADDATASETHEADER']._serialized_start=647
+  _globals['_UPLOADDATASETHEADER']._serialized_end=747
+  _globals['_REGISTERDATASETREQUEST']._serialized_start=749
+  _globals['_REGISTERDATASETREQUEST']._serialized_end=852
+  _globals['_GETDATASETREQUEST']._serialized_start=854
+  _globals['_GETDATASETREQUEST']._serialized_end=887
+  _globals['_LISTDATASETSREQUEST']._serialized_start=889
+  _globals['_LISTDATASETSREQUEST']._serialized_end=949
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=951
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1038
+  _globals['_DELETEDATASETREQUEST']._serialized_start=1040
+  _globals['_DELETEDATASETREQUEST']._serialized_end=1091
+  _globals['_DATASETSERVICE']._serialized_start=1191
+  _globals['_DATASETSERVICE']._serialized_end=1590
 # @@protoc_insertion_point(module_scope)

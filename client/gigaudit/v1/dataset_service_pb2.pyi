@@ -21,7 +21,7 @@ DATASET_FORMAT_TAR: DatasetFormat
 DATASET_FORMAT_ZIP: DatasetFormat
 
 class Dataset(_message.Message):
-    __slots__ = ("name", "display_name", "format", "image_count", "class_names", "size_bytes", "sha256", "uri", "create_time", "owner")
+    __slots__ = ("name", "display_name", "format", "image_count", "class_names", "size_bytes", "sha256", "uri", "create_time", "owner", "image_sizes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Dataset(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZES_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     format: DatasetFormat
@@ -42,7 +43,24 @@ class Dataset(_message.Message):
     uri: str
     create_time: _timestamp_pb2.Timestamp
     owner: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., image_count: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., uri: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+    image_sizes: ImageSizes
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., image_count: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., uri: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., image_sizes: _Optional[_Union[ImageSizes, _Mapping]] = ...) -> None: ...
+
+class ImageSizes(_message.Message):
+    __slots__ = ("min_height", "max_height", "median_height", "min_width", "max_width", "median_width")
+    MIN_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MIN_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    min_height: int
+    max_height: int
+    median_height: int
+    min_width: int
+    max_width: int
+    median_width: int
+    def __init__(self, min_height: _Optional[int] = ..., max_height: _Optional[int] = ..., median_height: _Optional[int] = ..., min_width: _Optional[int] = ..., max_width: _Optional[int] = ..., median_width: _Optional[int] = ...) -> None: ...
 
 class UploadDatasetRequest(_message.Message):
     __slots__ = ("header", "chunk")

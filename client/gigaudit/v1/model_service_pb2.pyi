@@ -95,10 +95,14 @@ class DeleteModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ListLayersRequest(_message.Message):
-    __slots__ = ("parent",)
+    __slots__ = ("parent", "architecture", "num_classes")
     PARENT_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     parent: str
-    def __init__(self, parent: _Optional[str] = ...) -> None: ...
+    architecture: str
+    num_classes: int
+    def __init__(self, parent: _Optional[str] = ..., architecture: _Optional[str] = ..., num_classes: _Optional[int] = ...) -> None: ...
 
 class Layer(_message.Message):
     __slots__ = ("name", "type", "is_cut", "reason", "is_default")
