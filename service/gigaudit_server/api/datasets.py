@@ -126,7 +126,8 @@ class DatasetServicer(dataset_grpc.DatasetServiceServicer):
                 raise errors.invalid_argument({"chunk": str(exc)}, f"not a valid dataset archive: {exc}") from None
             return {"name": f"datasets/{dataset_id}", "display_name": display_name, "sha256": sha256,
                     "size_bytes": stored_size, "format": info.format, "n_images": info.n_images,
-                    "class_names": list(info.class_names), "uri": uri}
+                    "class_names": list(info.class_names), "uri": uri,
+                    "image_sizes": dict(info.image_sizes)}
 
         lifecycle.register_upload(self.backend, "datasets", dataset_id, sha256, store_chunks, make_record)
         return dataset_id

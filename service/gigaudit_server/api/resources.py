@@ -47,7 +47,7 @@ def dataset_message(record: dict) -> dataset_pb.Dataset:
         format=dataset_pb.DatasetFormat.Value(f"DATASET_FORMAT_{record['format'].upper()}"),
         image_count=record["n_images"], class_names=record["class_names"], size_bytes=record["size_bytes"],
         sha256=record["sha256"], uri=record.get("uri", ""), create_time=timestamp(record["create_time"]),
-        owner=record.get("owner", ""))
+        owner=record.get("owner", ""), image_sizes=dataset_pb.ImageSizes(**(record.get("image_sizes") or {})))
 
 
 # ---------------------------------------------------------------------------------------------- concept sets

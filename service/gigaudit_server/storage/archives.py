@@ -77,14 +77,50 @@ class DatasetInfo:
     n_images: int
     class_names: list[str] = field(default_factory=list)  # [] for a flat, unlabelled dataset
     total_bytes: int = 0  # uncompressed size of the images
+    image_sizes: dict[str, int] = field(default_factory=dict)  # see ImageSizeStats.summary; {} when not measured
+
+
+class ImageSizeStats:
+    """Min, max and median height and width of images, counted per distinct size (bounded by the distinct
+    sizes, not the images)."""
+
+    def __init__(self):
+        self._counts: dict[tuple[int, int], int] = {}
+
+    def add(self, height: int, width: int) -> None:
+        self._counts[(height, width)] = self._counts.get((height, width), 0) + 1
+
+    def summary(self) -> dict[str, int]:
+        """``{min,max,median}_{height,width}`` (the lower median for an even count); ``{}`` when empty."""
+        if not self._counts:
+            return {}
+        out = {}
+        for axis, name in ((0, "height"), (1, "width")):
+            counts: dict[int, int] = {}
+            for size, n in self._counts.items():
+                counts[size[axis]] = counts.get(size[axis], 0) + n
+            values = sorted(counts)
+            middle, seen = (sum(counts.values()) - 1) // 2, 0
+            median = values[-1]
+            for value in values:
+                seen += counts[value]
+                if seen > middle:
+                    median = value
+                    break
+            out.update({f"min_{name}": values[0], f"max_{name}": values[-1], f"median_{name}": median})
+        return out
 
 
 def inspect_archive(fileobj: IO[bytes], limits: DatasetLimits = DatasetLimits()) -> DatasetInfo:
-    """Check every member of a dataset archive and describe it; ``ValueError`` names the offending member."""
+    """Check every member of a dataset archive and describe it (with its images' sizes, read as they are
+    decoded); ``ValueError`` names the offending member."""
+    sizes = ImageSizeStats()
     with Archive(fileobj, limits) as archive:
         for member in archive.images():
-            decode_image(member.name, member.load(), limits)
-        return archive.info()
+            image = decode_image(member.name, member.load(), limits)
+            sizes.add(image.height, image.width)
+        info = archive.info()
+    return DatasetInfo(info.format, info.n_images, info.class_names, info.total_bytes, sizes.summary())
 
 
 @dataclass(frozen=True)
