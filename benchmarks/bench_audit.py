@@ -14,7 +14,9 @@ degenerate nor exactly homogeneous. Images: planted-parts images (``gig.syntheti
     python benchmarks/bench_audit.py --config resnet18                 # 112 px, 64 images, 2 CPU cores: goal <= 5 min
     python benchmarks/bench_audit.py --config resnet50 --device cuda   # 224 px, 1000 images, 8 x C concepts
 
-Prints one JSON object: total seconds, seconds per stage, the exemplar stage's share of the total, the report's size,
+Prints one JSON object: total seconds, seconds per stage (``report``: reading the exemplars and building the page;
+``report_build_s``: the builder alone), the exemplar stage's share of the total, the report's size and what its
+5 MB budget left out,
 peak memory (RSS, and CUDA when used), and what was rendered; with ``--compare``, also the rendering time of the shown
 concepts and of the former policy (PNGs of the 64 most frequent concepts of every layer) on the same concept set,
 interleaved twice in the same process, their exemplar rows and the time ratio (the concept set keeps 6 exemplars a
@@ -119,7 +121,7 @@ def run(config: str, device: str, images: int | None, size: int | None, seed: in
 
     from gig.synthetic import CLASS_NAMES
     from gigaudit.client import _archive
-    from gigaudit.report import write_report
+    from gigaudit.report import report_data, write_report
     from gigaudit.results import ConceptGraph
     from gigaudit_server.storage.archives import inspect_archive
     from gigaudit_server.worker.images import load_images
@@ -166,9 +168,11 @@ def run(config: str, device: str, images: int | None, size: int | None, seed: in
         started = time.perf_counter()
         graph = ConceptGraph(json.loads(store.read("graphs", result["graph_sha"])))
         shots = report_exemplars(store, result, max_exemplars=6)
+        built = time.perf_counter()
         path = write_report(root / "report", graph, exemplars=shots, title=f"bench: {config}")
-        report_seconds = time.perf_counter() - started
+        report_seconds, build_seconds = time.perf_counter() - started, time.perf_counter() - built
         report_bytes = path.stat().st_size
+        budget = report_data(path.read_text(encoding="utf-8"))["budget"]
 
         if compare:  # the shown concepts against the former policy (the 64 most frequent of every layer) on the
             # same concept set and graph, interleaved twice in this process so that outside load weighs on both
@@ -202,7 +206,9 @@ def run(config: str, device: str, images: int | None, size: int | None, seed: in
         "other_s": round(job_seconds - sum(result["seconds"].values()), 3),
         "exemplar_share": round(stages["exemplars"] / total, 4),
         "rendered_concepts": {layer: len(v) for layer, v in result["rendered_concepts"].items()},
-        "report_bytes": report_bytes, "report_nodes_with_thumbnails": len(shots),
+        "report_bytes": report_bytes, "report_build_s": round(build_seconds, 3),
+        "report_budget": {k: budget[k] for k in ("max_bytes", "plan", "embedded_concepts", "left_out")},
+        "report_nodes_with_thumbnails": len(shots),
         "peak_rss_mb": round(max(rss_before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
         "completeness_delta_mean": {pair: v.get("delta_mean") for pair, v in
                                     result["evidence"].get("completeness", {}).items()},
@@ -229,10 +235,16 @@ class _Context:
     """What a handler reads of its ``JobContext``: the job and the progress callback (no queue: its cost is not
     part of the audit)."""
 
-    shard_index, shard_count = 0, 1
+    shard_index, shard_count, checkpoint = 0, 1, None
 
     def __init__(self, job, progress):
         self.job, self.progress = job, progress
+
+    def checkpoint_due(self) -> bool:
+        return False
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Checkpoints are for resuming a job after a worker's loss; a benchmark run keeps none."""
 
 
 def main(argv=None) -> dict:

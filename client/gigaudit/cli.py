@@ -12,40 +12,24 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
 
+from gigaudit import preprocessing
 from gigaudit.client import AuditClient, _archive, _file_digest, operation_result
+from gigaudit.commands import completion, config, layers, resources
+from gigaudit.commands.common import DefaultsFormatter, add_connection, client_for, connection
 from gigaudit.embedded import embedded_server
 from gigaudit.errors import GigauditError
-from gigaudit.policy import evaluate_policy, load_policy
-from gigaudit.report import write_report
+from gigaudit.policy import METRICS, evaluate_policy, expand_metrics, load_policy
+from gigaudit.report import DEFAULT_MAX_BYTES, parse_size, write_report
 from gigaudit.results import ConceptGraph
+from gigaudit.suggest import capped
 from gigaudit.v1 import resource_state_pb2
 
 EXIT_OK, EXIT_POLICY, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-MANAGED = {"models": ("list", "get", "delete"), "datasets": ("list", "get", "delete"),
-           "operations": ("list", "get", "delete", "cancel", "wait"), "concept-sets": ("list", "get", "delete"),
-           "graphs": ("list", "delete"), "dead-letters": ("list", "retry")}
-RESOURCE_HELP = {"models": "list, get or delete models", "datasets": "list, get or delete datasets",
-                 "operations": "list, get, delete or cancel operations, or wait for one with a progress bar",
-                 "concept-sets": "list a model's concept sets, get or delete one",
-                 "graphs": "list a model's concept graphs or delete one",
-                 "dead-letters": "jobs that failed for good: list them or retry one (admin role)"}
-ACTION_HELP = {"list": "list them (JSON)", "get": "show one (JSON)", "delete": "delete one",
-               "cancel": "cancel one", "wait": "wait for one to finish", "retry": "queue a dead-lettered job again"}
-NAME_HELP = {"models": "model id or models/ID", "datasets": "dataset id or datasets/ID",
-             "operations": "operation id or operations/ID",
-             "concept-sets": "models/MODEL/conceptSets/ID or MODEL/ID",
-             "graphs": "models/MODEL/conceptGraphs/ID or MODEL/ID"}
-FORCE_HELP = {"models": "also delete its concept sets and graphs and cancel its operations",
-              "datasets": "also delete the concept sets and graphs made from it and cancel its operations",
-              "concept-sets": "also delete the graphs built from it and cancel its operations",
-              "graphs": "cancel its operation when it still runs"}
-OPERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,100 +64,121 @@ def _exec_server(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gigaudit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gigaudit", description=__doc__, formatter_class=DefaultsFormatter)
+    parser.add_argument("--version", action="version", version=f"gigaudit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    audit = sub.add_parser("audit", help="audit a model on a dataset, write the report, gate on a policy")
+    audit = sub.add_parser("audit", help="audit a model on a dataset, write the report, gate on a policy",
+                           formatter_class=DefaultsFormatter)
     audit.add_argument("--model", required=True, type=Path, help="weights (.safetensors)")
     audit.add_argument("--arch", required=True, help="architecture name (see `gigaudit architectures`)")
     audit.add_argument("--num-classes", required=True, type=int)
     audit.add_argument("--dataset", required=True, type=Path, help="folder (class/image.png) or tar/zip archive")
     audit.add_argument("--layers", nargs="+", default=[], help="analysed layers (default: the model's default)")
-    audit.add_argument("--class-names", nargs="+", default=[])
-    audit.add_argument("--input-size", type=int, default=224, help="side of the model's input images (224)")
-    audit.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, help="normalisation (ImageNet's)")
-    audit.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, help="normalisation (ImageNet's)")
+    audit.add_argument("--class-names", nargs="+", default=[],
+                       help="class names, index = class id (default: the dataset's class folders)")
+    audit.add_argument("--input-size", type=int, default=None, help="side of the square input images in px "
+                       "(default: the model's configuration, else the dataset's median image size)")
+    audit.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: ImageNet's, "
+                       f"{' '.join(map(str, preprocessing.IMAGENET_MEAN))})")
+    audit.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: ImageNet's, "
+                       f"{' '.join(map(str, preprocessing.IMAGENET_STD))})")
     audit.add_argument("--n-concepts", type=int, default=0, help="concepts per layer (default: server default, gig's)")
     audit.add_argument("--steps", type=int, default=0, help="quadrature steps (default: server default, gig's)")
     audit.add_argument("--top-t", type=int, default=0,
                        help="targets per image and layer (default: server default, gig's)")
     audit.add_argument("--seed", type=int, default=0, help="random seed (default: server default, gig's)")
+    audit.add_argument("--evaluation-images", type=int, default=0, help="images the evaluation uses (default: the "
+                       "policy's evaluation.images, else gig.evaluate's, 16)")
+    audit.add_argument("--metrics", nargs="+", default=[], metavar="METRIC", help="evaluation metrics: "
+                       f"{', '.join(METRICS)}, or default (gig.evaluate's set); e.g. `--metrics default stability "
+                       "sanity` (default: the policy's evaluation.metrics, else gig.evaluate's set)")
     audit.add_argument("--audit-id", default=None, help="id of the audit (default: derived from model, data and "
                        "options)")
     audit.add_argument("--exemplars", type=int, default=6, help="exemplars per concept in the report, for the "
                        "concepts the server rendered (the most relevant of every layer); 0: none")
     audit.add_argument("--out", required=True, type=Path, help="report folder")
+    audit.add_argument("--report-size", type=parse_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                       help="size budget of index.html, e.g. 5MB (default), 20MB; 0: none. Over it, exemplar "
+                       "images are degraded, then left out, and the report says what it left out")
     audit.add_argument("--policy", type=Path, help="policy YAML")
     audit.add_argument("--reference", type=Path, help="graph.json of an earlier audit, for drift checks")
-    audit.add_argument("--timeout", type=float, default=None, help="seconds to wait for each operation")
-    audit.add_argument("--no-progress", action="store_true")
-    _connection(audit, embedded=True)
+    audit.add_argument("--timeout", type=float, default=None,
+                       help="seconds to wait for each operation (default: no limit)")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_connection(audit, embedded=True)
     audit.set_defaults(run=_audit)
 
-    report = sub.add_parser("report", help="build the HTML report of a saved graph.json")
+    report = sub.add_parser("report", help="build the HTML report of a saved graph.json",
+                            formatter_class=DefaultsFormatter)
     report.add_argument("graph", type=Path)
     report.add_argument("--out", required=True, type=Path)
+    report.add_argument("--report-size", type=parse_size, default=DEFAULT_MAX_BYTES, metavar="SIZE",
+                       help="size budget of index.html, e.g. 5MB (default), 20MB; 0: none. Over it, exemplar "
+                       "images are degraded, then left out, and the report says what it left out")
     report.add_argument("--policy", type=Path)
     report.add_argument("--reference", type=Path)
     report.set_defaults(run=_report)
 
-    arch = sub.add_parser("architectures", help="list the server's architectures")
-    _connection(arch)
-    arch.set_defaults(run=_architectures)
-
-    for resource, actions in MANAGED.items():
-        group = sub.add_parser(resource, help=RESOURCE_HELP[resource])
-        verbs = group.add_subparsers(dest="action", required=True, metavar="ACTION")
-        for action in actions:
-            verb = verbs.add_parser(action, help=ACTION_HELP.get((resource, action), ACTION_HELP.get(action)))
-            if action in ("list",) and resource in ("concept-sets", "graphs"):
-                verb.add_argument("model", help="model id or models/ID")
-            elif action == "retry":
-                verb.add_argument("name", metavar="OPERATION", help="operation id or operations/ID")
-            elif action != "list":
-                verb.add_argument("name", help=NAME_HELP[resource])
-            if action == "delete" and resource != "operations":
-                verb.add_argument("--force", action="store_true", help=FORCE_HELP[resource])
-            if action == "list" and resource in ("operations", "concept-sets", "graphs"):
-                verb.add_argument("--owner", help="only those of this owner (a token name; admins)")
-            if action == "list" and resource == "operations":
-                verb.add_argument("--state", choices=OPERATION_STATES, type=str.upper, help="only those in this state")
-            _connection(verb)
-            verb.set_defaults(run=_manage, resource=resource)
-
-    sub.add_parser("serve", help="run the server (becomes python -m gigaudit_server serve ...)")
-    sub.add_parser("worker", help="run a worker (becomes python -m gigaudit_server worker ...)")
+    layers.add_parsers(sub)
+    resources.add_parsers(sub)
+    config.add_parsers(sub)
+    completion.add_parsers(sub)
+    sub.add_parser("serve", help="run the server (`gigaudit serve --help` for its flags and defaults)")
+    sub.add_parser("worker", help="run a worker (`gigaudit worker --help` for its flags and defaults)")
     return parser
 
 
-def _connection(parser: argparse.ArgumentParser, embedded: bool = False) -> None:
-    help_ = "host:port of the server" + (" (default: start an embedded server)" if embedded else "")
-    parser.add_argument("--server", required=not embedded and "GIGAUDIT_SERVER" not in os.environ,
-                        default=os.environ.get("GIGAUDIT_SERVER"), help=help_ + "; env GIGAUDIT_SERVER")
-    parser.add_argument("--token", default=os.environ.get("GIGAUDIT_TOKEN"), help="bearer token; env GIGAUDIT_TOKEN")
-    parser.add_argument("--tls-ca", type=Path, help="CA bundle (PEM): use TLS")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def _client(args) -> AuditClient:
-    return AuditClient(args.server, token=args.token, tls=args.tls_ca)
+    try:
+        return version("gigaudit")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _audit(args) -> int:
     policy = load_policy(args.policy) if args.policy else None
     reference = ConceptGraph.load(args.reference) if args.reference else None
-    if args.server:
-        return _run_audit(args, _client(args), policy, reference)
+    _evaluation_scope(args, policy)
+    if args.timeout is not None:
+        args.deadline = time.monotonic() + args.timeout
+    if connection(args).server:
+        return _run_audit(args, client_for(args), policy, reference)
     with embedded_server() as target:
         print(f"gigaudit: started an embedded server at {target}", file=sys.stderr)
-        return _run_audit(args, AuditClient(target, token=args.token), policy, reference)
+        return _run_audit(args, client_for(args, target), policy, reference)
+
+
+def _evaluation_scope(args, policy) -> None:
+    """--evaluation-images and --metrics, else the policy's evaluation section, else the server's defaults."""
+    scope = policy.evaluation if policy is not None and policy.evaluation is not None else None
+    args.metrics = expand_metrics(args.metrics) or (list(scope.metrics or []) if scope else [])
+    args.evaluation_images = args.evaluation_images or (scope.images or 0 if scope else 0)
+    if args.evaluation_images < 0:
+        raise ValueError(f"--evaluation-images must be positive, got {args.evaluation_images}")
+
+
+def _left(args) -> float | None:
+    """Seconds left of --timeout (None: no limit); DEADLINE_EXCEEDED once it has passed."""
+    deadline = getattr(args, "deadline", None)
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise GigauditError(grpc.StatusCode.DEADLINE_EXCEEDED, f"--timeout {args.timeout:g} s passed")
+    return left
 
 
 def _run_audit(args, client: AuditClient, policy, reference) -> int:
     progress = not args.no_progress
     with client:
-        client.wait_ready()
-        model = _register_model(args, client, progress)
+        layers.check_architecture(client, args.arch)  # cheap checks first: nothing is uploaded when they fail
+        _check_weights(args)
         dataset = _register_dataset(args, client, progress)
+        _choose_preprocessing(args, dataset)
+        model = _register_model(args, client, progress)
         options = _audit_options(args, model.name, dataset.name)
         digest = _digest(options)
         audit_id = args.audit_id or f"audit-{digest[:16]}"
@@ -182,6 +187,7 @@ def _run_audit(args, client: AuditClient, policy, reference) -> int:
         try:
             op = client.audit(model.name, dataset.name, audit_id, layers=args.layers,
                               concept_options=concept_options, graph_options=graph_options,
+                              metrics=args.metrics, evaluation_images=args.evaluation_images,
                               request_id=f"cli-audit-{audit_id}-{digest[:32]}")
         except GigauditError as exc:
             if exc.code != grpc.StatusCode.ALREADY_EXISTS:
@@ -192,10 +198,11 @@ def _run_audit(args, client: AuditClient, policy, reference) -> int:
                                  "leave it out to derive one from the options") from None
             op = _earlier_audit(client, model.name, audit_id)  # same derived id: same model, data and options
         print(f"gigaudit: audit {audit_id}: operation {op.name}", file=sys.stderr)
-        result = client.wait(op.name, timeout=args.timeout, progress=progress)
+        result = client.wait(op.name, timeout=_left(args), progress=progress)
         graph = client.get_graph(result.concept_graph.name)
         exemplars = client.graph_exemplars(graph, result.concept_set.name, args.exemplars) if args.exemplars else {}
-    return _write_outputs(args.out, graph, policy, reference, exemplars, title=f"gigaudit: {model.name}")
+    return _write_outputs(args.out, graph, policy, reference, exemplars, title=f"gigaudit: {model.name}",
+                          max_bytes=args.report_size)
 
 
 def _register_model(args, client: AuditClient, progress: bool):
@@ -205,13 +212,13 @@ def _register_model(args, client: AuditClient, progress: bool):
     try:
         model = client.upload_model(args.model, model_id, architecture=args.arch, num_classes=args.num_classes,
                                     class_names=args.class_names, input_size=args.input_size, mean=args.mean,
-                                    std=args.std, request_id=request_id, progress=progress, timeout=args.timeout)
+                                    std=args.std, request_id=request_id, progress=progress, timeout=_left(args))
     except GigauditError as exc:
         if exc.code != grpc.StatusCode.ALREADY_EXISTS:
             raise
         model = client.get_model(model_id)  # registered by another caller, or before its request id was forgotten
         if model.state == resource_state_pb2.RESOURCE_STATE_CREATING and model.operation:  # another run's upload
-            client.wait(model.operation, timeout=args.timeout, progress=progress)
+            client.wait(model.operation, timeout=_left(args), progress=progress)
             model = client.get_model(model_id)
     differences = _model_differences(model, wanted)  # also after a replayed request id: the id may be reused
     if differences:
@@ -227,6 +234,33 @@ def _model_registration(args) -> tuple[str, str, dict]:
               "mean": [float(v) for v in args.mean], "std": [float(v) for v in args.std]}
     digest = _digest(wanted)
     return f"{_stem(args.model)}-{digest[:12]}", f"cli-model-{digest[:32]}", wanted
+
+
+def _choose_preprocessing(args, dataset) -> None:
+    """Settle input size, normalisation and class names from the flags, the model and the dataset, and say which
+    (before anything is uploaded or started)."""
+    transform = preprocessing.choose(args.input_size, args.model, dataset, args.mean, args.std)
+    args.input_size, args.mean, args.std = transform.side, transform.mean, transform.std
+    print(f"gigaudit: transform: {transform.describe()}", file=sys.stderr)
+    warning = preprocessing.upsampling_warning(transform, dataset)
+    if warning:
+        print(f"gigaudit: warning: {warning}", file=sys.stderr)
+    if not args.class_names and dataset.class_names:
+        if len(dataset.class_names) == args.num_classes:
+            args.class_names = list(dataset.class_names)
+            print(f"gigaudit: class names from the dataset's folders: {capped(args.class_names)}", file=sys.stderr)
+        else:
+            print(f"gigaudit: warning: the dataset has {len(dataset.class_names)} class folders and the model "
+                  f"{args.num_classes} classes: classes are numbered (--class-names to name them)", file=sys.stderr)
+
+
+def _check_weights(args) -> None:
+    """ValueError when the weights' header fits another registered architecture (or class count) exactly."""
+    from gigaudit.weights import check_fit
+
+    problem = check_fit(args.model, args.arch, args.num_classes)
+    if problem:
+        raise ValueError(problem)
 
 
 def _register_dataset(args, client: AuditClient, progress: bool):
@@ -264,16 +298,17 @@ def _report(args) -> int:
     policy = load_policy(args.policy) if args.policy else None
     reference = ConceptGraph.load(args.reference) if args.reference else None
     return _write_outputs(args.out, ConceptGraph.load(args.graph), policy, reference, {},
-                          title=f"gigaudit: {args.graph}")
+                          title=f"gigaudit: {args.graph}", max_bytes=args.report_size)
 
 
-def _write_outputs(out: Path, graph: ConceptGraph, policy, reference, exemplars, title: str) -> int:
+def _write_outputs(out: Path, graph: ConceptGraph, policy, reference, exemplars, title: str,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(graph.to_json())
     result = evaluate_policy(policy, graph, reference) if policy else None
     if result is not None:
         (out / "policy.json").write_text(json.dumps(result.to_dict(), indent=2))
-    path = write_report(out, graph, exemplars=exemplars, policy=result, title=title)
+    path = write_report(out, graph, exemplars=exemplars, policy=result, title=title, max_bytes=max_bytes)
     print(f"gigaudit: report {path}", file=sys.stderr)
     if result is None:
         return EXIT_OK
@@ -285,63 +320,15 @@ def _write_outputs(out: Path, graph: ConceptGraph, policy, reference, exemplars,
     return EXIT_OK if result.passed else EXIT_POLICY
 
 
-def _architectures(args) -> int:
-    with _client(args) as client:
-        for arch in client.list_architectures():
-            print(f"{arch.name}\t{arch.description}")
-    return EXIT_OK
-
-
-def _manage(args) -> int:
-    resource, action = args.resource, args.action
-    with _client(args) as client:
-        if action == "list":
-            if resource == "operations":
-                items = client.list_operations(state=args.state, owner=args.owner)
-            elif resource == "concept-sets":
-                items = client.list_concept_sets(args.model, owner=args.owner)
-            elif resource == "graphs":
-                items = client.list_concept_graphs(args.model, owner=args.owner)
-            else:
-                items = getattr(client, f"list_{resource.replace('-', '_')}")()
-            print(json.dumps([json_format.MessageToDict(i) for i in items], indent=2))
-        elif action == "get":
-            getter = {"models": client.get_model, "datasets": client.get_dataset,
-                      "operations": client.get_operation, "concept-sets": client.get_concept_set}[resource]
-            print(json.dumps(json_format.MessageToDict(getter(_full_name(resource, args.name))), indent=2))
-        elif action == "wait":
-            client.wait(args.name)
-            print(json.dumps(json_format.MessageToDict(client.get_operation(args.name)), indent=2))
-        elif action == "retry":
-            op = client.retry_dead_letter(args.name)
-            print(json.dumps(json_format.MessageToDict(op), indent=2))
-            print(f"gigaudit: queued {op.name} again", file=sys.stderr)
-        elif action == "delete" and resource != "operations":
-            deleter = {"models": client.delete_model, "datasets": client.delete_dataset,
-                       "concept-sets": client.delete_concept_set, "graphs": client.delete_concept_graph}[resource]
-            deleter(args.name, force=args.force)
-            print(f"gigaudit: deleted {_full_name(resource, args.name)}", file=sys.stderr)
-        else:
-            getattr(client, f"{action}_operation")(args.name)
-            print(f"gigaudit: {action}{'ed' if action == 'cancel' else 'd'} {_full_name(resource, args.name)}",
-                  file=sys.stderr)
-    return EXIT_OK
-
-
-def _full_name(resource: str, name: str) -> str:
-    from gigaudit.client import _child, _named
-
-    if resource == "concept-sets":
-        return _child("conceptSets", name)
-    if resource == "graphs":
-        return _child("conceptGraphs", name)
-    return _named(resource, name)
-
-
 def _audit_options(args, model: str, dataset: str) -> dict:
     """Everything that decides an audit's result, for its derived id and request id."""
-    return {"model": model, "dataset": dataset, "layers": list(args.layers), "n_concepts": args.n_concepts,
-            "seed": args.seed, "steps": args.steps, "top_t": args.top_t}
+    options = {"model": model, "dataset": dataset, "layers": list(args.layers), "n_concepts": args.n_concepts,
+               "seed": args.seed, "steps": args.steps, "top_t": args.top_t}
+    if getattr(args, "metrics", None):  # only when set: ids derived before these options existed stay the same
+        options["metrics"] = list(args.metrics)
+    if getattr(args, "evaluation_images", 0):
+        options["evaluation_images"] = args.evaluation_images
+    return options
 
 
 def _model_differences(model, wanted: dict) -> list[str]:

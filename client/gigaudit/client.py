@@ -13,6 +13,7 @@ import io
 import os
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 
 from gigaudit import convert
 from gigaudit.errors import GigauditError
+from gigaudit.progress import OperationProgress
 from gigaudit.results import ConceptGraph, Exemplar
 from gigaudit.v1 import admin_service_pb2 as admin_pb
 from gigaudit.v1 import admin_service_pb2_grpc as admin_grpc
@@ -80,12 +82,30 @@ class AuditClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until the channel connects; GigauditError(UNAVAILABLE) otherwise."""
+    def wait_ready(self, timeout: float = 5.0, *, fail_fast: bool = False) -> None:
+        """Block until the channel connects, at most `timeout` seconds; GigauditError(UNAVAILABLE) otherwise.
+        `fail_fast`: give up at the first failed connection attempt (a refused port) rather than retrying."""
+        ready, failed = threading.Event(), threading.Event()
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            if state == grpc.ChannelConnectivity.READY:
+                ready.set()
+            elif state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+                failed.set()
+
+        self.channel.subscribe(watch, try_to_connect=True)
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise GigauditError(grpc.StatusCode.UNAVAILABLE, f"no gigaudit server at {self.target}") from None
+            deadline = time.monotonic() + timeout
+            while not ready.is_set() and time.monotonic() < deadline:
+                if fail_fast and failed.is_set():
+                    raise GigauditError(grpc.StatusCode.UNAVAILABLE,
+                                        f"no gigaudit server at {self.target} (connection failed)")
+                ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            if not ready.is_set():
+                raise GigauditError(grpc.StatusCode.UNAVAILABLE, f"no gigaudit server at {self.target} (no "
+                                    f"connection within {timeout:g} s; --connect-timeout to wait longer)")
+        finally:
+            self.channel.unsubscribe(watch)
 
     # --- calls -------------------------------------------------------------------------------
     def _call(self, method, request, *, timeout: float | None = None, retry: bool = True):
@@ -139,8 +159,17 @@ class AuditClient:
         """Delete a model; `force` also deletes its concept sets and graphs and cancels its operations."""
         self._call(self.models.DeleteModel, model_pb.DeleteModelRequest(name=_named("models", name), force=force))
 
-    def list_layers(self, model: str) -> model_pb.ListLayersResponse:
-        return self._call(self.models.ListLayers, model_pb.ListLayersRequest(parent=_named("models", model)))
+    def list_layers(self, model: str | None = None, *, architecture: str = "",
+                    num_classes: int = 0) -> model_pb.ListLayersResponse:
+        """The layers of a registered model, or of `architecture` with `num_classes` before any upload (name, type,
+        whether it is an analysable cut and why not, whether it is a default)."""
+        if model:
+            request = model_pb.ListLayersRequest(parent=_named("models", model))
+        elif architecture and num_classes > 0:
+            request = model_pb.ListLayersRequest(architecture=architecture, num_classes=num_classes)
+        else:
+            raise ValueError("list_layers needs a model, or an architecture and a positive num_classes")
+        return self._call(self.models.ListLayers, request)
 
     def list_architectures(self) -> list[model_pb.Architecture]:
         return list(self._call(self.models.ListArchitectures, model_pb.ListArchitecturesRequest()).architectures)
@@ -178,12 +207,17 @@ class AuditClient:
     # --- audits and operations ----------------------------------------------------------------
     def audit(self, model: str, dataset: str, audit_id: str, *, layers: Sequence[str] = (),
               concept_options: dict | None = None, graph_options: dict | None = None,
+              metrics: Sequence[str] = (), evaluation_images: int = 0,
               request_id: str | None = None) -> operations_pb2.Operation:
-        """Start an audit (concepts + graph + evidence); returns the operation. Retries keep the request id."""
+        """Start an audit (concepts + graph + evidence); returns the operation. Retries keep the request id.
+
+        `metrics`: evaluation metrics (empty: gig.evaluate's default set; add "stability" and "sanity" for those
+        checks); `evaluation_images`: images evaluated (0: gig.evaluate's default, 16)."""
         request = audit_pb.AuditRequest(
             parent=_named("models", model), audit_id=audit_id, dataset=_named("datasets", dataset),
             layers=list(layers), concept_options=audit_pb.ConceptOptions(**(concept_options or {})),
-            graph_options=audit_pb.GraphOptions(**(graph_options or {})), request_id=request_id or _request_id())
+            graph_options=audit_pb.GraphOptions(**(graph_options or {})), request_id=request_id or _request_id(),
+            metrics=list(metrics), evaluation_images=evaluation_images)
         return self._call(self.audits.Audit, request)
 
     def probe(self, sleep: float = 0.0, request_id: str | None = None) -> operations_pb2.Operation:
@@ -250,7 +284,7 @@ class AuditClient:
         A failed or cancelled operation raises GigauditError with the job's status; `timeout` raises
         GigauditError(DEADLINE_EXCEEDED) and leaves the operation running.
         """
-        bar = _Progress(progress)
+        bar = OperationProgress(progress)
         try:
             for op in self.watch(name, timeout=timeout):
                 meta = operation_metadata(op)
@@ -406,32 +440,6 @@ def operation_result(op: operations_pb2.Operation):
             op.response.Unpack(result)
             return result
     return op.response
-
-
-class _Progress:
-    """A tqdm bar per stage of an operation's metadata."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar, self.stage = enabled, None, None
-
-    def update(self, meta: metadata_pb.OperationMetadata) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        stage = meta.stage or metadata_pb.OperationState.Name(meta.state).removeprefix("OPERATION_STATE_").lower()
-        if stage != self.stage:
-            self.close()
-            self.bar, self.stage = tqdm(desc=stage, total=meta.total or None, unit="it", leave=True), stage
-        if meta.total and self.bar.total != meta.total:
-            self.bar.total = meta.total
-        self.bar.n = meta.done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _credentials(tls) -> grpc.ChannelCredentials:

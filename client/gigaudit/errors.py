@@ -55,9 +55,24 @@ class GigauditError(Exception):
         return "\n".join(lines)
 
     def one_line(self) -> str:
-        """`describe()` on one line: the details follow the message, separated by "; "."""
+        """`describe()` on one line: the details follow the message, separated by "; ". What the message says
+        already is left out (the server's message usually repeats its violation's description), and long lists
+        (of keys, of architectures) are capped to a few items."""
+        from gigaudit.suggest import cap_lists
+
         first, *rest = self.describe().splitlines()
-        return first + (" (" + "; ".join(line.strip() for line in rest) + ")" if rest else "")
+        rest = [line.strip() for line in rest if not self._repeats_message(line)]
+        return cap_lists(first + (" (" + "; ".join(rest) + ")" if rest else ""))
+
+    def _repeats_message(self, line: str) -> bool:
+        """Whether a detail line only repeats the message: its description is in the message, or it is the
+        ErrorInfo whose reason is the status code and whose values the message names."""
+        line = line.strip()
+        for d in self.details:
+            if isinstance(d, error_details_pb2.ErrorInfo) and line.startswith(f"reason {d.reason} "):
+                return d.reason == self.code.name and all(str(v) in self.message for v in d.metadata.values())
+        _, _, description = line.partition(": ")
+        return bool(description) and description in self.message
 
 
 def _unpack(detail: any_pb2.Any):

@@ -43,11 +43,17 @@ def plain(message: Message) -> Any:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             out[field.name] = {k: _value(value_field, v) for k, v in value.items()}
-        elif field.label == FieldDescriptor.LABEL_REPEATED:
+        elif _repeated(field):
             out[field.name] = [_value(field, v) for v in value]
         else:
             out[field.name] = _value(field, value)
     return out
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    if hasattr(field, "is_repeated"):  # protobuf >= 6.30 (upb) drops `label`
+        return field.is_repeated
+    return field.label == FieldDescriptor.LABEL_REPEATED
 
 
 def _value(field: FieldDescriptor, value):

@@ -14,6 +14,9 @@ Example (every section and field is optional; unknown fields are refused):
       max_mean_edge_change: 0.3
       min_matched_fraction: 0.5
       min_circuit_overlap: 0.3
+    evaluation:                         # what `gigaudit audit` asks the server to evaluate (flags override it)
+      images: 64                        # evaluation images (default: gig.evaluate's, 16)
+      metrics: [default, stability, sanity]   # "default" = gig.evaluate's default set
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gigaudit import drift as drift_module
 from gigaudit import evidence as ev
@@ -61,12 +64,42 @@ class DriftPolicy(_Strict):
     coverage: float = Field(default=0.8, gt=0.0, le=1.0)
 
 
+METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity", "stability", "sanity")
+DEFAULT_METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity")  # gig.evaluate's
+
+
+def expand_metrics(names) -> list[str]:
+    """Metric names with "default" standing for gig.evaluate's default set, deduplicated in order; ValueError for
+    an unknown one. Empty in, empty out (the server's default)."""
+    out: list[str] = []
+    for name in names or ():
+        for metric in (DEFAULT_METRICS if name == "default" else (name,)):
+            if metric not in METRICS:
+                from gigaudit.suggest import unknown
+
+                raise ValueError(unknown("metric", metric, [*METRICS, "default"], "gigaudit audit --help"))
+            if metric not in out:
+                out.append(metric)
+    return out
+
+
+class EvaluationPolicy(_Strict):
+    images: int | None = Field(default=None, ge=1, le=100_000)
+    metrics: list[str] | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value):
+        return None if value is None else expand_metrics(value)
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     name: str = "default"
     evidence: EvidencePolicy | None = None
     concentration: ConcentrationPolicy | None = None
     drift: DriftPolicy | None = None
+    evaluation: EvaluationPolicy | None = None
 
 
 @dataclass
@@ -107,7 +140,7 @@ def load_policy(source: str | Path | dict) -> Policy:
         except yaml.YAMLError as exc:
             raise ValueError(f"policy is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"a policy is a mapping of sections (evidence, concentration, drift), got {data!r:.80}")
+        raise ValueError(f"a policy is a mapping of sections (evidence, concentration, drift, evaluation), got {data!r:.80}")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

@@ -35,7 +35,8 @@ def build_graph(model, data, concepts, layers=None, steps=None, top_t=5, method=
     (default 1e-2), and warns when 512 steps do not (evidence ``converged: false``). ``class_target``: the target
     at the logits, ``"logit"`` or ``"contrastive"``. ``path``: ``"reconstruction"`` (paper) or ``"activation"``
     (adds a residual node per layer). ``start_index``: dataset index of the first image, so shards report global image
-    ids. ``progress("graph", images_done, total_or_None)`` after every batch.
+    ids. ``progress("graph", images_done, total_or_None)`` after every batch, and ``progress("graph:fine",
+    units_done, units_total_or_None)`` after every layer pair of every batch (units: images × layer pairs).
     """
     t = traced(model)
     layers = check_concept_layers(model, concepts, layers)
@@ -57,7 +58,9 @@ def build_graph(model, data, concepts, layers=None, steps=None, top_t=5, method=
     pairs = list(zip(layers, layers[1:] + [LOGITS]))
     total = _n_images(data)
     graph, evidence = None, {}
+    units = None if total is None else total * len(pairs)
     report("graph", 0, total)
+    report("graph:fine", 0, units)
     with eval_mode(model):
         for batch in iter_batches(data, device):
             with torch.no_grad():
@@ -75,7 +78,7 @@ def build_graph(model, data, concepts, layers=None, steps=None, top_t=5, method=
                 coefficients[layer] = coef = concepts.decompose(layer, pfvs).to(pfvs.dtype)
                 graph.add_presence(layer, coef, classes, image_ids)
                 reconstruction[layer] = _reconstruction(pfvs, coef, concepts.reconstruct(layer, coef))
-            for source, target in pairs:
+            for done_pairs, (source, target) in enumerate(pairs, 1):
                 if target == LOGITS:
                     chosen, weights = class_targets(logits, labels=classes, class_target=class_target)
                 else:
@@ -89,6 +92,7 @@ def build_graph(model, data, concepts, layers=None, steps=None, top_t=5, method=
                     max_batch_rows=max_batch_rows, name=f"pair {pair} (images {first}..{first + len(classes) - 1})")
                 graph.add_attributions(source, target, result.attributions, chosen, classes)
                 completeness[pair] = _completeness(result, tolerance)
+                report("graph:fine", (first - start_index) * len(pairs) + len(classes) * done_pairs, units)
             evidence = merge_evidence(evidence, {"completeness": completeness, "reconstruction": reconstruction})
             graph.add_images(logits.shape[0])
             report("graph", graph.n_images, total)

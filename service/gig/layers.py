@@ -187,6 +187,13 @@ class TracedModel:
     def cuts(self) -> list[str]:
         return [info.name for info in self.layers.values() if info.is_cut]
 
+    def can_be_source(self, name: str) -> bool:
+        """Whether a layer is a cut whose output comes before the logits (the classifier, whose output is the
+        logits, is a cut but nothing follows it to attribute to)."""
+        info, node = self.layers.get(name), self._out_node.get(name)
+        return bool(info is not None and info.is_cut and node is not None
+                    and self._order[node] < self._order[self._logits])
+
     def check_layers(self, names) -> list[str]:
         """Validate analysed layer names and return them in forward order; ``ValueError`` lists valid names."""
         if isinstance(names, str):

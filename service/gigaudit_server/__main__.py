@@ -12,16 +12,20 @@ from gigaudit_server import config
 
 
 def serve(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="gigaudit_server serve", description="Run the gigaudit gRPC API server. "
-                                     "Every flag can also be set as GIGAUDIT_<FLAG> (e.g. GIGAUDIT_REDIS_URL).")
+    parser = argparse.ArgumentParser(prog="gigaudit serve", description="Run the gigaudit gRPC API server (also "
+                                     "`python -m gigaudit_server serve`). Every flag can also be set as "
+                                     "GIGAUDIT_<FLAG> (e.g. GIGAUDIT_REDIS_URL).")
     config.add_flags(parser)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = config.from_flags(args)
     except ValueError as exc:
         parser.error(str(exc))
+    logging.getLogger("gigaudit_server").info(  # the first line: where this server writes
+        "data in %s (artifact store %s; %s)", settings.data_dir, settings.store,
+        f"Redis {settings.redis_url}" if settings.redis_url else "embedded Redis in the data directory")
     from gigaudit_server.server import GigauditServer
 
     stop = threading.Event()

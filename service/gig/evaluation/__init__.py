@@ -33,8 +33,8 @@ import torch
 
 from gig.build import build_graph, check_concept_layers
 from gig.concepts import extract_concepts
-from gig.data import check_reiterable, eval_mode, iter_batches
-from gig.evaluation.completeness import completeness
+from gig.data import check_reiterable, eval_mode, iter_batches, n_batches
+from gig.evaluation.completeness import completeness, n_integrations
 from gig.evaluation.deletion import deletion_insertion
 from gig.evaluation.fidelity import mu_fidelity
 from gig.evaluation.orders import ORDERS, check_orders
@@ -64,7 +64,9 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
     per image for completeness and graphs; ``versus_steps``: extra step counts for completeness;
     ``orders``/``n_points``/``targets_per_image``: deletion curves; ``n_subsets``/``subset_fraction``: C-μFidelity;
     ``noise_std``/``top_k``: graph comparisons.
-    ``progress("evaluate", metrics_done, n_metrics)``. See the module docstring for the result.
+    ``progress("evaluate", metrics_done, n_metrics)``, and ``progress("evaluate:fine", steps_done, n_steps)``
+    after every step of a metric (an integration of completeness, a pair of deletion or fidelity, a layer
+    comparison or graph of stability and sanity). See the module docstring for the result.
     """
     metrics = _check_metrics(metrics)
     orders = check_orders(orders)
@@ -85,16 +87,28 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
     build = {"layers": layers, "steps": steps, "top_t": top_t, "method": method, "max_batch_rows": max_batch_rows,
              "class_target": class_target}
     results: dict = {"images": images.shape[0]}
+    seed_batches = 1  # steps of the seed + 1 extraction of stability: its two passes' batches
+    if "stability" in metrics and concepts.method != "given" and n_batches(data):
+        seed_batches = 2 * n_batches(data)
+    n_steps = _n_steps(model, metrics, pairs, steps, versus_steps, method) + seed_batches - 1
+    fine = {"done": 0}
+
+    def step() -> None:
+        fine["done"] += 1
+        report("evaluate:fine", min(fine["done"], n_steps), n_steps)
+
     report("evaluate", 0, len(metrics))
+    report("evaluate:fine", 0, n_steps)
     with eval_mode(model):
         batch = analyse(model, concepts, images, layers, labels)
         local_graph = None
         for done, metric in enumerate(metrics, 1):
             if metric == "completeness":
                 results[metric] = completeness(model, batch, pairs, steps, versus_steps, top_t, method, max_batch_rows,
-                                               class_target)
+                                               class_target, progress=step)
             elif metric == "reconstruction":
                 results[metric] = reconstruction(model, batch)
+                step()
             elif metric in ("deletion", "target_deletion", "fidelity"):
                 results[metric] = {}
                 for source, target in pairs:
@@ -107,22 +121,45 @@ def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_MET
                     else:
                         results[metric][f"{source}->{target}"] = mu_fidelity(problem, n_subsets, subset_fraction,
                                                                              seed)
+                    step()
             else:
                 if local_graph is None:
                     local_graph = build_graph(model, _as_data(images, labels), concepts, **build)
+                    step()
                 if metric == "sanity":
                     results[metric] = weight_randomization(model, _as_data(images, labels), concepts, local_graph,
                                                            top_k=top_k, seed=seed, **build)
+                    step()
                 else:
-                    results[metric] = {
-                        "noise": noise_stability(model, images, labels, concepts, local_graph, noise_std, top_k, seed,
-                                                 **build),
-                        "seeds": _seed_stability(model, data, concepts, layers, seed),
-                    }
+                    noise = noise_stability(model, images, labels, concepts, local_graph, noise_std, top_k, seed,
+                                            **build)
+                    step()
+                    base = fine["done"]
+
+                    def extraction(stage, done, total, base=base):  # the seed + 1 extraction: its batches
+                        if stage in ("sample", "decompose") and done and seed_batches > 1:
+                            fine["done"] = base + done + (seed_batches // 2 if stage == "decompose" else 0) - 1
+                            step()
+
+                    results[metric] = {"noise": noise, "seeds": _seed_stability(model, data, concepts, layers, seed,
+                                                                                extraction)}
+                    if fine["done"] != base + seed_batches:  # no extraction ran, or it reported less
+                        fine["done"] = base + seed_batches - 1
+                        step()
             report("evaluate", done, len(metrics))
     if graph is not None:
         _update_evidence(graph.evidence, results)
     return results
+
+
+def _n_steps(model, metrics, pairs, steps, versus_steps, method) -> int:
+    """The steps ``evaluate`` reports in ``"evaluate:fine"`` for ``metrics``."""
+    per_metric = {"reconstruction": 1, "deletion": len(pairs), "target_deletion": len(pairs), "fidelity": len(pairs),
+                  "sanity": 1, "stability": 2}
+    count = sum(per_metric.get(m, 0) for m in metrics) + (1 if {"sanity", "stability"} & set(metrics) else 0)
+    if "completeness" in metrics:
+        count += n_integrations(model, pairs, steps, versus_steps, method)
+    return count
 
 
 def _check_metrics(metrics) -> tuple[str, ...]:
@@ -156,7 +193,7 @@ def _as_data(images, labels):
     return [images] if labels is None else [(images, labels)]
 
 
-def _seed_stability(model, data, concepts, layers, seed) -> dict:
+def _seed_stability(model, data, concepts, layers, seed, progress=None) -> dict:
     """Concepts re-extracted with ``seed + 1`` (the set's own settings) matched to ``concepts``."""
     if concepts.method == "given":
         return {"skipped": "the concepts were given as vectors, not extracted; there is no second seed to compare"}
@@ -165,7 +202,7 @@ def _seed_stability(model, data, concepts, layers, seed) -> dict:
                              pfvs_per_image=params.get("pfvs_per_image", 1),
                              sampling=params.get("sampling", "contribution"), lam=concepts.lam,
                              relative_lam=bool(concepts.lam_scales), nonneg=concepts.nonneg, solver=concepts.solver,
-                             seed=params.get("seed", seed) + 1, n_exemplars=0)
+                             seed=params.get("seed", seed) + 1, n_exemplars=0, progress=progress)
     return concept_stability(concepts, other)
 
 

@@ -17,11 +17,13 @@ from gig.targets import DEFAULT_CLASS_TARGET
 
 def completeness(model: nn.Module, batch: AnalysedBatch, pairs, steps: int | None = None,
                  versus_steps=(8, 16, 32, 64), top_t: int = 5, method: str = DEFAULT,
-                 max_batch_rows: int | None = None, class_target: str = DEFAULT_CLASS_TARGET) -> dict[str, dict]:
+                 max_batch_rows: int | None = None, class_target: str = DEFAULT_CLASS_TARGET,
+                 progress=None) -> dict[str, dict]:
     """``{"a->b": {"dataset_delta", "delta_mean", "delta_max", "n_targets", "steps", "method", "versus_steps":
     [...]}}`` for each ``(a, b)`` of ``pairs``: the figures at ``steps`` (``None``: the rule's default), and the same
     figures for each of ``versus_steps`` (with ``steps`` itself), in increasing order. Targets: each image's
     ``top_t`` concepts of ``b``, or its class (``class_target``: ``"logit"`` or ``"contrastive"``).
+    ``progress()`` after every integration (:func:`n_integrations` of them).
     """
     t = traced(model)
     report = {}
@@ -43,6 +45,19 @@ def completeness(model: nn.Module, batch: AnalysedBatch, pairs, steps: int | Non
             delta = completeness_delta(attributions, difference)
             figures[n] = {"dataset_delta": dataset_delta(attributions, difference), "delta_mean": float(delta.mean()),
                           "delta_max": float(delta.max()), "n_targets": delta.numel()}
+            if progress is not None:
+                progress()
         report[f"{source}->{target}"] = {**figures[at], "steps": at, "method": rule,
                                          "versus_steps": [{"steps": n, **f} for n, f in figures.items()]}
     return report
+
+
+def n_integrations(model: nn.Module, pairs, steps: int | None = None, versus_steps=(8, 16, 32, 64),
+                   method: str = DEFAULT) -> int:
+    """How many integrations :func:`completeness` runs (one per pair and distinct step count)."""
+    t = traced(model)
+    count = 0
+    for source, target in pairs:
+        rule = choose_rule(method, t.segment(source, target))
+        count += len({default_steps(rule) if steps is None else steps, *versus_steps})
+    return count

@@ -250,15 +250,24 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         if not layers:
             raise errors.invalid_argument({"layers": "the model has no default layers; name them (see ListLayers)"})
         known = {layer["name"]: layer for layer in model["layers"]}
-        cuts = [name for name, layer in known.items() if layer["is_cut"]]
-        problems = [f"{layer!r} ({'unknown' if layer not in known else 'not a cut: ' + known[layer]['reason']})"
-                    for layer in layers if layer not in known or not known[layer]["is_cut"]]
+        # a cut that is no source (its output is the logits: the classifier) cannot be analysed either; records
+        # from before can_be_source was recorded are taken as sources
+        sources = [name for name, layer in known.items() if layer["is_cut"] and layer.get("can_be_source", True)]
+        problems = [f"{layer!r} ({_why_not_analysable(known.get(layer))})" for layer in layers if layer not in sources]
         if problems:
             raise errors.invalid_argument({"layers": f"cannot analyse {', '.join(problems)}; analysable layers: "
-                                                     f"{', '.join(cuts)}"})
+                                                     f"{', '.join(sources)}"})
         if len(set(layers)) != len(layers):
             raise errors.invalid_argument({"layers": "names a layer twice"})
         return layers
+
+
+def _why_not_analysable(layer: dict | None) -> str:
+    if layer is None:
+        return "unknown"
+    if not layer["is_cut"]:
+        return f"not a cut: {layer['reason']}"
+    return "its output is the model's logits: no layer follows it to attribute to"
 
 
 def _method(name: str) -> str:

@@ -81,6 +81,11 @@ def failed_precondition(subject: str, description: str, kind: str = "STATE") -> 
                     [failure, _info("FAILED_PRECONDITION", subject=subject)])
 
 
+def unavailable(message: str, reason: str = "UNAVAILABLE") -> ApiError:
+    """UNAVAILABLE: a retry later may succeed (no worker answered, a store refused a write)."""
+    return ApiError(grpc.StatusCode.UNAVAILABLE, message, [_info(reason)])
+
+
 def resource_exhausted(subject: str, description: str) -> ApiError:
     quota = error_details_pb2.QuotaFailure(violations=[
         error_details_pb2.QuotaFailure.Violation(subject=subject, description=description)])

@@ -1,6 +1,10 @@
 """ModelService: upload (safetensors only; a worker checks the weights in an operation), get, list, delete, layers."""
 from __future__ import annotations
 
+import difflib
+
+import re
+
 from google.protobuf import empty_pb2, json_format
 
 from gigaudit.v1 import model_service_pb2 as model_pb
@@ -17,9 +21,13 @@ from gigaudit_server.api import (
     uploads,
 )
 from gigaudit_server.queue import schemas
+from gigaudit_server.queue.jobs import JobExistsError, JobState
 from gigaudit_server.storage import settlement
 
 MAX_INPUT_SIZE = 4096
+MAX_NUM_CLASSES = 1_000_000
+LAYERS_WAIT_S = 10.0  # how long ListLayers of an architecture waits for a worker's list_layers job
+NOT_A_SOURCE = "its output is the model's logits: no layer follows it to attribute to"
 _METHOD = "/gigaudit.v1.ModelService/UploadModel"
 # what a worker needs to build the model (the record minus bookkeeping)
 MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256")
@@ -88,20 +96,70 @@ class ModelServicer(model_grpc.ModelServiceServicer):
 
     @errors.handle_errors
     def ListLayers(self, request, context):
+        """The layers of a model (``parent``), or of an ``architecture`` with ``num_classes`` outputs built with
+        random weights: listed by a worker in a short ``list_layers`` job and cached (``architecture_layers``)."""
+        if not request.parent:
+            return layers_response(self._architecture_layers(request.architecture, request.num_classes, context))
+        if request.architecture or request.num_classes:
+            raise errors.invalid_argument({"architecture": "give either parent (a model) or architecture and "
+                                                           "num_classes, not both"})
         record = self._get(names.model("parent", request.parent), request.parent)
         if record.get("state", "ACTIVE") != "ACTIVE":
             raise errors.failed_precondition(request.parent, f"the model is {record['state']}: its layers are known "
                                              f"once its weights are checked (operations/{record['operation']})")
-        response = model_pb.ListLayersResponse(default_layers=record["default_layers"])
-        for layer in record["layers"]:
-            message = json_format.ParseDict(layer, response.layers.add(), ignore_unknown_fields=True)
-            message.is_default = layer["name"] in record["default_layers"]
-        return response
+        return layers_response(record)
 
     @errors.handle_errors
     def ListArchitectures(self, request, context):
-        return model_pb.ListArchitecturesResponse(
-            architectures=[model_pb.Architecture(name=n) for n in self.backend.catalog.architectures()])
+        descriptions = self.backend.catalog.architecture_descriptions()
+        return model_pb.ListArchitecturesResponse(architectures=[
+            model_pb.Architecture(name=n, description=descriptions.get(n, ""))
+            for n in self.backend.catalog.architectures()])
+
+    def _architecture_layers(self, architecture: str, num_classes: int, context) -> dict:
+        """The cached listing, else the result of a ``list_layers`` job waited for up to ``LAYERS_WAIT_S``."""
+        known = self.backend.catalog.architectures()
+        problems = {}
+        if not architecture:
+            problems["architecture"] = "name an architecture (see ListArchitectures), or give parent (a model)"
+        elif known and architecture not in known:
+            problems["architecture"] = f"unknown architecture {architecture!r}; see ListArchitectures"
+        if not 1 <= num_classes <= MAX_NUM_CLASSES:
+            problems["num_classes"] = f"must be between 1 and {MAX_NUM_CLASSES}"
+        if problems:
+            raise errors.invalid_argument(problems)
+        if not known:
+            raise _no_worker("no worker has registered yet: start one (python -m gigaudit_server worker)")
+        cached = self.backend.catalog.architecture_layers(architecture, num_classes)
+        if cached is not None:
+            return cached
+        # one job per (architecture, num_classes): concurrent callers wait on the same one
+        job_id = "layers-" + re.sub(r"[^A-Za-z0-9_-]", "_", architecture)[:100] + f"-{num_classes}"
+        params = schemas.to_params(schemas.ListLayers(architecture=architecture, num_classes=num_classes))
+        try:
+            self.backend.queue.submit("list_layers", params, job_id=job_id, listed=False)
+        except JobExistsError:
+            pass
+        wait = LAYERS_WAIT_S
+        if context is not None and context.time_remaining() is not None:
+            wait = max(0.0, min(wait, context.time_remaining() - 0.5))
+        try:
+            job = self.backend.queue.wait(job_id, wait)
+        except KeyError:  # finished, cached and deleted by a concurrent call
+            job = None
+        cached = self.backend.catalog.architecture_layers(architecture, num_classes)
+        if job is not None and job.state is JobState.SUCCEEDED and cached is None:
+            cached = job.result
+            self.backend.catalog.cache_architecture_layers(architecture, num_classes, cached)
+        if job is not None and job.finished:
+            self.backend.queue.delete(job_id)
+        if cached is not None:
+            return cached
+        if job is not None and job.state is JobState.FAILED:
+            raise errors.failed_precondition(f"architecture {architecture!r}", "its layers cannot be listed: "
+                                             + (job.error or {}).get("message", "the worker's job failed"))
+        raise _no_worker(f"no worker listed the layers of {architecture!r} within {wait:g} s (every worker may be "
+                         "busy with other jobs); the request stays queued and its answer is kept: try again shortly")
 
     # ------------------------------------------------------------------ helpers
     def _get(self, model_id: str, name: str) -> dict:
@@ -114,8 +172,7 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         spec, problems = header.model, {}
         known = self.backend.catalog.architectures()
         if not spec.architecture or (known and spec.architecture not in known):
-            problems["header.model.architecture"] = (f"unknown architecture {spec.architecture!r}; valid: "
-                                                     f"{', '.join(known) or '(no worker has registered any yet)'}")
+            problems["header.model.architecture"] = _unknown_architecture(spec.architecture, known)
         if spec.num_classes < 1:
             problems["header.model.num_classes"] = "must be at least 1"
         if spec.class_names and len(spec.class_names) != spec.num_classes:
@@ -135,3 +192,30 @@ class ModelServicer(model_grpc.ModelServiceServicer):
         if spec.size_bytes > self.backend.settings.max_model_bytes:
             raise errors.resource_exhausted("header.model.size_bytes", f"{spec.size_bytes} bytes exceed the limit of "
                                             f"{self.backend.settings.max_model_bytes} bytes per model")
+
+
+def layers_response(listing: dict) -> model_pb.ListLayersResponse:
+    """A ListLayersResponse of a layer listing (a model record's, or a ``list_layers`` result). A cut that can be
+    no analysed layer (``can_be_source`` false: the classifier) is reported as not analysable, with the reason."""
+    default = list(listing.get("default_layers") or [])
+    response = model_pb.ListLayersResponse(default_layers=default)
+    for layer in listing.get("layers") or []:
+        message = json_format.ParseDict(layer, response.layers.add(), ignore_unknown_fields=True)
+        message.is_default = layer["name"] in default
+        if layer.get("is_cut") and layer.get("can_be_source") is False:
+            message.is_cut, message.reason = False, NOT_A_SOURCE
+    return response
+
+
+def _no_worker(message: str) -> errors.ApiError:
+    return errors.unavailable(message, "NO_WORKER")
+
+
+def _unknown_architecture(name: str, known: list[str]) -> str:
+    """Unknown ``name``: the closest known names (edit distance), and where to find them all."""
+    if not known:
+        return f"unknown architecture {name!r}; no worker has registered any yet (is a worker running?)"
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    listed = ", ".join(known[:8]) + (", …" if len(known) > 8 else "")
+    return f"unknown architecture {name!r}; {hint}{len(known)} are known ({listed}; ListArchitectures lists all)"

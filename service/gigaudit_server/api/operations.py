@@ -16,12 +16,28 @@ _FILTER_HELP = ('filter must be empty, "state=<QUEUED|RUNNING|SUCCEEDED|FAILED|C
                 '"state=X AND owner=NAME"')
 
 
-def metadata(job: Job) -> metadata_pb.OperationMetadata:
-    return metadata_pb.OperationMetadata(
+def metadata(job: Job, queue_position: int = 0) -> metadata_pb.OperationMetadata:
+    """The job's metadata; ``queue_position`` (``JobQueue.queue_position``) is shown only while it is QUEUED."""
+    message = metadata_pb.OperationMetadata(
         kind=job.kind, state=metadata_pb.OperationState.Value(f"OPERATION_STATE_{job.state.value}"),
         stage=job.stage, done=job.done, total=job.total or 0, worker=job.worker or "", attempt=job.attempt,
         cancel_requested=job.cancel_requested, target=_target(job), create_time=resources.timestamp(job.created),
-        update_time=resources.timestamp(job.updated), owner=job.owner, failures=job.failures)
+        update_time=resources.timestamp(job.updated), owner=job.owner, failures=job.failures,
+        queue_position=queue_position if job.state is JobState.QUEUED else 0)
+    for event in job.history:
+        message.history.add(stage=str(event.get("stage", "")), start_time=resources.timestamp(
+            float(event.get("time") or 0.0)), worker=str(event.get("worker") or ""),
+            attempt=int(event.get("attempt") or 0), error=_event_error(event.get("error")))
+    return message
+
+
+def _event_error(error) -> str:
+    """``CODE: message`` of a stage event's error (empty when none)."""
+    if not error:
+        return ""
+    if isinstance(error, dict):
+        return f"{error.get('code', 'INTERNAL')}: {error.get('message', '')}"
+    return str(error)
 
 
 def _target(job: Job) -> str:
@@ -36,7 +52,8 @@ def to_operation(backend, job: Job) -> lro_pb.Operation:
     if job.finished:
         settlement.settle_job(backend, job)
     operation = lro_pb.Operation(name=f"operations/{job.id}", done=job.finished)
-    operation.metadata.Pack(metadata(job))
+    position = backend.queue.queue_position(job.id) if job.state is JobState.QUEUED else 0
+    operation.metadata.Pack(metadata(job, position))
     if job.state is JobState.SUCCEEDED:
         try:
             operation.response.Pack(resources.operation_response(backend, job))

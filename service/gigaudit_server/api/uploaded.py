@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import re
 
-import grpc
-
 from gigaudit_server.api import errors
 from gigaudit_server.storage import settlement
 
@@ -19,5 +17,5 @@ def store(backend, collection: str, chunks, sha256: str | None, size: int | None
     except ValueError as exc:
         raise errors.invalid_argument({"chunk": str(exc)}, str(exc)) from None
     except OSError as exc:  # e.g. a read-only or full store: say what, not where
-        raise errors.ApiError(grpc.StatusCode.UNAVAILABLE, f"the artifact store refused the write "
-                              f"({exc.strerror or type(exc).__name__}); nothing was registered") from None
+        raise errors.unavailable(f"the artifact store refused the write ({exc.strerror or type(exc).__name__}); "
+                                 "nothing was registered", "STORE_UNAVAILABLE") from None

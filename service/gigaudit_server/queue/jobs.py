@@ -44,6 +44,7 @@ _DAY = 24 * 3600.0
 FINISHED_TTL_S = 7 * _DAY
 DEAD_LETTER_TTL_S = 30 * _DAY
 CHECKPOINT_S = 30.0
+QUEUE_POSITION_CAP = 1000  # queue positions are counted up to this many stream entries ahead
 
 
 class JobState(str, Enum):
@@ -112,6 +113,7 @@ class Job:
     failures: int = 0
     owner: str = ""
     checkpoint: dict | None = None
+    history: list[dict] = field(default_factory=list)  # stage events, oldest first (queue.scripts)
 
     @property
     def finished(self) -> bool:
@@ -145,6 +147,7 @@ class Job:
             updated=float(f["updated"]), cancel_requested=f["cancel_requested"] == "1", parent=f["parent"] or None,
             shards=int(f["shards"]), shard_index=int(f["shard_index"]), reduce_kind=f["reduce_kind"] or None,
             failures=int(f["failures"]), owner=f.get("owner", ""), checkpoint=_load(f.get("checkpoint", "")),
+            history=_history(f.get("history", "")),
         )
 
 
@@ -216,9 +219,10 @@ class JobQueue:
 
     # --- client side --------------------------------------------------------------------------------------------
     def submit(self, kind: str, params: dict, *, job_id: str | None = None, request_id: str | None = None,
-               shards: int = 1, reduce_kind: str | None = None, owner: str = "") -> Job:
+               shards: int = 1, reduce_kind: str | None = None, owner: str = "", listed: bool = True) -> Job:
         """Create a job and queue it; with ``reduce_kind``, a parent and ``shards`` shard jobs. ``request_id`` is
-        recorded only: idempotency is the API's (``gigaudit_server.api.idempotency``)."""
+        recorded only: idempotency is the API's (``gigaudit_server.api.idempotency``). ``listed=False``: an
+        internal job (e.g. ``list_layers``) that :meth:`list` does not show."""
         if not isinstance(kind, str) or not kind:
             raise ValueError("kind must be a non-empty string")
         if not isinstance(params, dict):
@@ -249,7 +253,8 @@ class JobQueue:
                         raise JobExistsError(f"job {job_id!r} exists already")
                     pipe.multi()
                     pipe.hset(keys.job(job_id), mapping=job.to_hash())
-                    pipe.zadd(keys.job_index(), {job_id: now})
+                    if listed:
+                        pipe.zadd(keys.job_index(), {job_id: now})
                     for part in parts:
                         if part is not job:
                             pipe.hset(keys.job(part.id), mapping=part.to_hash())
@@ -272,7 +277,36 @@ class JobQueue:
             job.total = None if None in totals else sum(totals)
             if job.stage != "reduce":
                 job.stage = next((s.stage for s in shards if s.state is JobState.RUNNING and s.stage), job.stage)
+            events = [event for s in shards for event in s.history] + job.history
+            job.history = sorted(events, key=lambda event: event.get("time", 0.0))[-job_scripts.HISTORY_MAX:]
         return job
+
+    def queue_position(self, job_id: str, cap: int = QUEUE_POSITION_CAP) -> int:
+        """How many other QUEUED jobs come before ``job_id``'s next delivery in the stream (0: it is next).
+
+        Reads the stream's undelivered entries in order, at most ``cap`` + 1 of them, and the states of the jobs
+        they name (shards count as their parent): the cost is bounded by ``cap``, and so is the answer (``cap``
+        means "at least ``cap``"). 0 when the job has no undelivered entry (it is being claimed, or runs)."""
+        group = next((g for g in self.redis.xinfo_groups(keys.stream())
+                      if _text(g["name"]) == keys.consumer_group()), None)
+        last = _text(group["last-delivered-id"]) if group else "0-0"
+        entries = self.redis.xrange(keys.stream(), min=f"({last}", max="+", count=cap + 1)
+        ahead: dict[str, None] = {}
+        for _, fields in entries:
+            entry_job = _text(fields.get(b"job", fields.get("job"))).split(".shard")[0]
+            if entry_job == job_id:
+                break
+            ahead.setdefault(entry_job)
+        else:
+            return cap if len(entries) > cap else 0
+        ahead.pop(job_id, None)
+        if not ahead:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for other in ahead:
+                pipe.hget(keys.job(other), "state")
+            states = pipe.execute()
+        return min(cap, sum(_text(state) == JobState.QUEUED.value for state in states))
 
     def shards(self, parent: Job) -> list[Job]:
         """A parent's shard jobs, in shard order."""
@@ -347,14 +381,16 @@ class JobQueue:
         return job
 
     def watch(self, job_id: str, timeout: float | None = None) -> Iterator[Job]:
-        """Yield the job now and after every change of state or progress, until it finishes or ``timeout``."""
+        """Yield the job now and after every change of state, progress or queue position, until it finishes or
+        ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None
         with self.redis.pubsub(ignore_subscribe_messages=True) as events:
             events.subscribe(keys.job_events(job_id))
             while True:
                 job = self.get(job_id)
-                seen = (job.state, job.stage, job.done, job.total, job.attempt, job.cancel_requested)
+                position = self.queue_position(job_id) if job.state is JobState.QUEUED else 0
+                seen = (job.state, job.stage, job.done, job.total, job.attempt, job.cancel_requested, position)
                 if seen != last:
                     last = seen
                     yield job
@@ -737,6 +773,12 @@ def _dump(value: dict | None) -> str:
 
 def _load(text: str) -> dict | None:
     return json.loads(text) if text else None
+
+
+def _history(text: str) -> list[dict]:
+    """The stage events of a job hash's ``history`` (Lua's cjson writes an empty list as ``{}``)."""
+    events = json.loads(text) if text else []
+    return events if isinstance(events, list) else []
 
 
 def _encode_dead_token(entry_id: str) -> str:

@@ -143,6 +143,13 @@ class RenderExemplars(_Job):
         return concepts
 
 
+class ListLayers(_Job):
+    """List the layers of an architecture built with random weights (ListLayers without a model)."""
+    kind: ClassVar[str] = "list_layers"
+    architecture: str = Field(min_length=1, description="a name from ListArchitectures")
+    num_classes: int = Field(ge=1, le=1_000_000)
+
+
 class Noop(_Job):
     """A probe through the whole control plane."""
     kind: ClassVar[str] = "noop"
@@ -150,7 +157,7 @@ class Noop(_Job):
 
 
 KINDS: dict[str, type[_Job]] = {cls.kind: cls for cls in (ValidateModel, ExtractConcepts, BuildGraph, Audit,
-                                                          RenderExemplars, Noop)}
+                                                          RenderExemplars, ListLayers, Noop)}
 
 
 def to_params(job: _Job) -> dict:

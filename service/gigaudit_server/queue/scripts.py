@@ -10,11 +10,43 @@ it can be retried for as long as its dead letter lives). Dead letters are trimme
 
 Job hash fields used here: state, attempt, failures, worker, heartbeat (key of the owner's heartbeat), entry (stream
 entry id of the current delivery), cancel_requested, shards, shards_done, stage, done, total, result, error,
-checkpoint, dead_entry (id of its dead letter), updated.
+checkpoint, dead_entry (id of its dead letter), updated, history, history_key.
+
+Stage history: ``history`` is a JSON list of events ``{stage, time, worker, attempt[, error]}``, oldest first and at
+most ``HISTORY_MAX`` long (the oldest are dropped). A claim appends ``claimed``; a progress report appends its stage
+when the stage or the attempt changed (``history_key`` = "attempt:stage" of the last event); an attempt that ends in
+an error (a retry, a failure, a worker that stopped responding) sets ``error`` (``{code, message}``) on its last event.
 """
 from __future__ import annotations
 
-_COMMON = """
+HISTORY_MAX = 100
+
+_HISTORY = """
+local function add_event(job, stage, now, attempt)
+  local raw = redis.call('HGET', job, 'history')
+  local history = {}
+  if raw and raw ~= '' then history = cjson.decode(raw) end
+  history[#history + 1] = {stage = stage, time = tonumber(now), worker = redis.call('HGET', job, 'worker') or '',
+                           attempt = tonumber(attempt)}
+  while #history > HISTORY_MAX do table.remove(history, 1) end
+  redis.call('HSET', job, 'history', cjson.encode(history), 'history_key', attempt .. ':' .. stage)
+end
+-- set the error (JSON {code, message}) of the last event of attempt; nothing when it has none
+local function fail_event(job, attempt, error)
+  local raw = redis.call('HGET', job, 'history')
+  if not raw or raw == '' then return end
+  local history = cjson.decode(raw)
+  local last = history[#history]
+  if last and tostring(last.attempt) == tostring(attempt) then
+    local ok, decoded = pcall(cjson.decode, error)
+    if not ok then decoded = {code = 'INTERNAL', message = error} end
+    last.error = decoded
+    redis.call('HSET', job, 'history', cjson.encode(history))
+  end
+end
+""".replace("HISTORY_MAX", str(HISTORY_MAX))
+
+_COMMON = _HISTORY + """
 local function is_finished(state)
   return state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED'
 end
@@ -56,6 +88,7 @@ local function fail(job, parent, dead, error, now, job_id, parent_id, dead_lette
   local ttl = finished_ttl
   if dead_letter then ttl = dead_ttl end
   local parent_failed = fail_parent(job, parent, error, now, parent_channel, ttl)
+  fail_event(job, redis.call('HGET', job, 'attempt'), error)
   release(job, 'FAILED', now, ttl, parent)
   redis.call('HSET', job, 'error', error)
   if dead_letter then
@@ -121,6 +154,8 @@ if state == 'RUNNING' then
   end
   if (redis.call('HGET', job, 'worker') or '') ~= '' then
     redis.call('HINCRBY', job, 'failures', 1)  -- its worker died
+    fail_event(job, redis.call('HGET', job, 'attempt'), cjson.encode({code = 'UNAVAILABLE',
+      message = 'worker ' .. redis.call('HGET', job, 'worker') .. ' stopped responding'}))
   end
 end
 if redis.call('HGET', job, 'cancel_requested') == '1' then
@@ -141,6 +176,7 @@ if failures >= max_attempts then
 end
 local attempt = redis.call('HINCRBY', job, 'attempt', 1)
 redis.call('HSET', job, 'state', 'RUNNING', 'worker', me, 'heartbeat', my_hb, 'entry', entry, 'updated', now)
+add_event(job, 'claimed', now, attempt)
 redis.call('PUBLISH', channel, 'RUNNING')
 if parent ~= job and redis.call('HGET', parent, 'state') == 'QUEUED' then
   redis.call('HSET', parent, 'state', 'RUNNING', 'updated', now)
@@ -151,11 +187,12 @@ return {'claimed', attempt, 0}
 
 # KEYS: job, parent (or job); ARGV: attempt, stage, done, total ('' = unknown), now, job channel, parent channel
 # -> 1 when a cancel was requested, 0 otherwise, -1 when the attempt is stale (the write is refused)
-PROGRESS = """
+PROGRESS = _HISTORY + """
 local job, parent = KEYS[1], KEYS[2]
 if redis.call('HGET', job, 'attempt') ~= ARGV[1] or redis.call('HGET', job, 'state') ~= 'RUNNING' then
   return -1
 end
+if redis.call('HGET', job, 'history_key') ~= ARGV[1] .. ':' .. ARGV[2] then add_event(job, ARGV[2], ARGV[5], ARGV[1]) end
 redis.call('HSET', job, 'stage', ARGV[2], 'done', ARGV[3], 'total', ARGV[4], 'updated', ARGV[5])
 redis.call('PUBLISH', ARGV[6], 'progress')
 if parent ~= job then
@@ -208,6 +245,7 @@ if outcome == 'succeeded' then
 elseif outcome == 'retry' then
   if redis.call('HINCRBY', job, 'failures', 1) < max_attempts then
     status = 'QUEUED'
+    fail_event(job, attempt, payload)
     release(job, status, now, finished_ttl, parent)
     redis.call('HSET', job, 'error', payload)
     redis.call('XADD', stream, '*', 'job', job_id)

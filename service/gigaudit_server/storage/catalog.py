@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import redis
 
@@ -29,6 +29,7 @@ MAX_PAGE_SIZE = 1000
 DELETING_TTL_S = 60
 PIN_WAIT_S = 10.0
 _UNFINISHED = ("QUEUED", "RUNNING")
+LAYERS_CACHE_TTL_S = 24 * 3600.0
 
 
 class AlreadyExists(Exception):
@@ -243,12 +244,29 @@ class Catalog:
 
     # ------------------------------------------------------------------ architectures published by workers
     def publish_architectures(self, names) -> None:
-        """Called by workers (which import torch) so that the torch-free API can list and check architectures."""
+        """Called by workers (which import torch) so that the torch-free API can list and check architectures:
+        ``names`` is an iterable of names or a mapping ``{name: one-line description}``."""
         if names:
             self.redis.sadd(keys.architectures(), *names)
+        described = {name: text for name, text in names.items() if text} if isinstance(names, Mapping) else {}
+        if described:
+            self.redis.hset(keys.architecture_descriptions(), mapping=described)
 
     def architectures(self) -> list[str]:
         return sorted(_text(n) for n in self.redis.smembers(keys.architectures()))
+
+    def architecture_descriptions(self) -> dict[str, str]:
+        """``{name: description}`` as workers published them (names without one are absent)."""
+        return {_text(k): _text(v) for k, v in self.redis.hgetall(keys.architecture_descriptions()).items()}
+
+    def architecture_layers(self, architecture: str, num_classes: int) -> dict | None:
+        """The cached layer listing of an architecture with random weights (a ``list_layers`` job's result)."""
+        raw = self.redis.get(keys.architecture_layers(architecture, num_classes))
+        return json.loads(raw) if raw else None
+
+    def cache_architecture_layers(self, architecture: str, num_classes: int, listing: dict) -> None:
+        """Cache a ``list_layers`` result for ``LAYERS_CACHE_TTL_S`` (a worker upgrade may change it)."""
+        self.redis.set(keys.architecture_layers(architecture, num_classes), json.dumps(listing), ex=int(LAYERS_CACHE_TTL_S))
 
     # ------------------------------------------------------------------ helpers
     def _key(self, collection: str, resource_id: str) -> str:

@@ -20,7 +20,7 @@ from gigaudit_server.queue.retry import DEFAULT_WINDOW_S
 from gigaudit_server.storage import settlement
 from gigaudit_server.storage.artifacts import ArtifactStore
 from gigaudit_server.storage.catalog import Catalog
-from gigaudit_server.worker.architectures import list_architectures
+from gigaudit_server.worker.architectures import architecture_descriptions
 from gigaudit_server.worker.loop import STALL_TIMEOUT_S, Worker
 from gigaudit_server.worker.models import ModelCache
 from gigaudit_server.worker.tasks import Tasks
@@ -92,7 +92,7 @@ def build_worker(args: argparse.Namespace) -> Worker:
     queue = JobQueue(client, max_attempts=args.max_attempts, heartbeat_ttl=args.heartbeat_s,
                      finished_ttl=args.finished_ttl_s, dead_letter_ttl=args.dead_letter_ttl_s)
     catalog = Catalog(queue.redis)
-    catalog.publish_architectures(list_architectures())  # for the torch-free API's checks and listing
+    catalog.publish_architectures(architecture_descriptions())  # for the torch-free API's checks and listing
     plane = SimpleNamespace(catalog=catalog, queue=queue, store=store)  # what settling a finished job reads
     return Worker(queue, tasks.handlers(), tasks.reducers(), name=args.name, redis_retry_s=args.redis_retry_s,
                   checkpoint_s=args.checkpoint_s, stall_timeout_s=args.stall_timeout_s or None,

@@ -3,8 +3,13 @@
 Kinds: ``validate_model``, ``extract_concepts``, ``build_graph`` (sharded; the reducer ``reduce_graph`` merges the
 partial graphs), ``audit`` (extraction, graph and evaluation in one job), ``render_exemplars`` (PNGs of chosen
 concepts, on demand) and ``noop``. The API copies the model and dataset records into the params, so a worker needs
-no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go straight to
-``JobContext.progress``, which also stops a cancelled job between batches.
+no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go to ``JobContext.progress``,
+which also stops a cancelled job between batches (or sub-steps).
+
+Progress units, known at each stage's start (``total``), so that a client can show an ETA: ``sample`` batches,
+``cluster`` layers, ``decompose`` images × layers (moving with every chunk of Lasso rows), ``graph`` images ×
+layer pairs (moving after every pair of every batch), ``exemplars`` exemplar rows, ``evaluate`` evaluation steps
+(integrations, pairs, graphs: ``gig.evaluate``'s ``"evaluate:fine"``), ``list_layers`` one step.
 
 Job parameters that are absent are not passed on: gig's keyword defaults are the only defaults (the API passes on
 only the fields a caller set).
@@ -21,6 +26,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Mapping
@@ -32,11 +38,13 @@ import torch
 import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
+from gig.layers import traced
 from gigaudit.results import ConceptGraph as GraphView
 from gigaudit_server.queue import schemas
 from gigaudit_server.queue.jobs import Job, JobContext
 from gigaudit_server.storage import exemplars
 from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.worker.architectures import build_architecture
 from gigaudit_server.worker.images import ArchiveImages
 from gigaudit_server.worker.models import ModelCache
 
@@ -88,7 +96,7 @@ class Tasks:
         """Handlers by job kind; each first checks the job's parameters against its schema (``queue.schemas``)."""
         handlers = {"validate_model": self.validate_model, "extract_concepts": self.extract_concepts,
                     "build_graph": self.build_graph, "audit": self.audit, "render_exemplars": self.render_exemplars,
-                    "noop": self.noop}
+                    "list_layers": self.list_layers, "noop": self.noop}
         return {kind: _checked_params(kind, handler) for kind, handler in handlers.items()}
 
     def reducers(self) -> dict:
@@ -107,11 +115,15 @@ class Tasks:
                 raise ValueError(f"the model fails on a 1x3x{size[0]}x{size[1]} input: {exc}") from exc
         if tuple(logits.shape) != (1, record["num_classes"]):
             raise ValueError(f"the model returns shape {tuple(logits.shape)}, not (1, {record['num_classes']})")
-        try:
-            default = gig.default_layers(model)
-        except ValueError:  # no sensible default: the caller must name layers
-            default = []
-        return {"layers": [asdict(info) for info in gig.list_layers(model)], "default_layers": default}
+        return layer_listing(model)
+
+    def list_layers(self, ctx: JobContext) -> dict:
+        """The layer listing of an architecture built with random weights (ListLayers before any upload)."""
+        params = ctx.job.params
+        ctx.progress("list_layers", 0, 1)
+        listing = layer_listing(build_architecture(params["architecture"], params["num_classes"]))
+        ctx.progress("list_layers", 1, 1)
+        return listing
 
     def extract_concepts(self, ctx: JobContext) -> dict:
         params = ctx.job.params
@@ -185,7 +197,9 @@ class Tasks:
                                         params.get("evaluation_images") or None, "seed": params.get("seed")},
                                        ("metrics", "max_images", "seed")))
             with clock("evaluate"):
-                gig.evaluate(model, data, concepts, graph, progress=ctx.progress, **evaluation)
+                evaluated = gig.evaluate(model, data, concepts, graph, progress=fine_progress(ctx.progress),
+                                         **evaluation)
+                graph.evidence[SCOPE_KEY] = evaluation_scope(model, data, evaluated["images"], self.device)
         graph_result = self._graph_result(graph)  # gig.evaluate put the evidence into the graph
         return {**result, "graph_sha": graph_result["graph_sha"], "n_images": graph_result["n_images"],
                 "evidence": graph.to_dict()["evidence"], "seconds": clock.seconds}
@@ -252,7 +266,7 @@ class Tasks:
 
     def _extract(self, model, data, params, progress) -> ConceptSet:
         layers = params.get("layers") or gig.default_layers(model)
-        return gig.extract_concepts(model, data, layers, device=self.device, progress=progress,
+        return gig.extract_concepts(model, data, layers, device=self.device, progress=fine_progress(progress),
                                     n_exemplars=self.n_exemplars, **_options(params, EXTRACT_OPTIONS))
 
     def _store_concepts(self, concepts: ConceptSet) -> dict:
@@ -322,19 +336,24 @@ class Tasks:
         graphs are checkpointed (with ``keep``) whenever one is due."""
         graph, done = self._checkpointed_graph(saved, stop - start)
         total = stop - start
-        ctx.progress("graph", done, total)
+        pairs = len(params.get("layers") or concepts.layers)  # units: images × layer pairs
+        ctx.progress("graph", done * pairs, total * pairs)
         if done < total:
             with self._dataset(params, start + done, stop) as data:
                 for batch in data:
+                    def pair_done(stage, units, _, before=done * pairs):
+                        if stage == "graph:fine" and units:
+                            ctx.progress("graph", before + units, total * pairs)
+
                     part = gig.build_graph(model, [batch], concepts, layers=params.get("layers") or None,
-                                           device=self.device, class_names=params["model"].get("class_names") or None,
-                                           start_index=start + done, **options)
+                                           device=self.device, class_names=_class_names(params),
+                                           start_index=start + done, progress=pair_done, **options)
                     graph = part if graph is None else graph.merge(part)
                     done += part.n_images
                     if done < total and ctx.checkpoint_due():  # before the report, which may stop the job
                         ctx.save_checkpoint({**(keep or {}), "graph_sha": self._put_json("graphs", graph.to_dict()),
                                              "images": done})
-                    ctx.progress("graph", done, total)
+                    ctx.progress("graph", done * pairs, total * pairs)
         if graph is None:
             raise ValueError("the dataset has no images to build a graph from")
         return graph
@@ -371,6 +390,69 @@ class Tasks:
 
     def _put_json(self, kind: str, value) -> str:
         return self.store.put_bytes(kind, json.dumps(value, sort_keys=True).encode())
+
+
+# Progress: gig reports decompose and evaluate per batch / metric, and in finer units as "<stage>:fine"; a job
+# reports the fine ones under the stage's name (and not the coarse ones), so every bar moves every few seconds.
+FINE_STAGES = ("decompose", "evaluate")
+#: The audit evidence key of the evaluation's scope and prediction statistics (see ``evaluation_scope``).
+SCOPE_KEY = "evaluation_scope"
+
+
+def fine_progress(progress):
+    """``progress`` fed with gig's fine units where it has them (``FINE_STAGES``), its own units elsewhere."""
+    def report(stage: str, done: int, total: int | None) -> None:
+        base, _, fine = stage.partition(":")
+        if fine == "fine":
+            progress(base, done, total)
+        elif stage not in FINE_STAGES:
+            progress(stage, done, total)
+    return report
+
+
+def evaluation_scope(model, data, n_evaluated: int, device) -> dict:
+    """How many images ``gig.evaluate`` evaluated (its first ``n_evaluated``) out of the dataset's, and statistics
+    of the model's predictions on them that flag an untrained model:
+
+    ``{"images_evaluated", "images_total", "num_classes", "mean_max_softmax"`` (mean over the images of the largest
+    softmax probability; ``1 / num_classes`` for uniform predictions), ``"uniform_max_softmax"`` (that
+    ``1 / num_classes``), ``"predicted_class_entropy"`` (entropy in nats of the histogram of predicted classes;
+    0 when every image gets the same class), ``"predicted_class_entropy_max"`` (``log(min(images, classes))``,
+    its largest possible value), ``"predicted_classes"`` (the histogram)``}``."""
+    logits, taken = [], 0
+    with torch.no_grad():
+        for batch in data:
+            images = (batch[0] if isinstance(batch, (list, tuple)) else batch)[: n_evaluated - taken]
+            if not len(images):
+                break
+            logits.append(model(images.to(device)).float().cpu())
+            taken += len(images)
+            if taken >= n_evaluated:
+                break
+    logits = torch.cat(logits)
+    num_classes = logits.shape[1]
+    counts = torch.bincount(logits.argmax(1), minlength=num_classes)
+    share = counts[counts > 0].double() / counts.sum()
+    return {"images_evaluated": int(logits.shape[0]), "images_total": len(data.names), "num_classes": num_classes,
+            "mean_max_softmax": round(float(logits.softmax(1).amax(1).mean()), 6),
+            "uniform_max_softmax": round(1 / num_classes, 6),
+            "predicted_class_entropy": round(float(-(share * share.log()).sum()), 6),
+            "predicted_class_entropy_max": round(math.log(max(1, min(int(logits.shape[0]), num_classes))), 6),
+            "predicted_classes": counts.tolist()}
+
+
+def layer_listing(model) -> dict:
+    """``{"layers": [{name, type, is_cut, reason, can_be_source}], "default_layers": [...]}`` of a model.
+
+    ``can_be_source``: a cut whose output comes before the logits, so that something follows it to attribute to
+    (the classifier, whose output is the logits, is a cut but can be no analysed layer)."""
+    t = traced(model)
+    try:
+        default = gig.default_layers(model)
+    except ValueError:  # no sensible default: the caller must name layers
+        default = []
+    layers = [{**asdict(info), "can_be_source": t.can_be_source(info.name)} for info in gig.list_layers(model)]
+    return {"layers": layers, "default_layers": default}
 
 
 def _size(record: Mapping) -> tuple[int, int]:
@@ -431,6 +513,13 @@ def _pngs_of(exemplars_of_concept: list[dict], exemplar) -> dict:
         if (old["image"], old["position"]) == (exemplar.image, exemplar.position):
             return {k: old[k] for k in exemplars.PNG_KEYS if k in old}
     return {}
+
+
+def _class_names(params: Mapping) -> list[str] | None:
+    """The model's class names, else the dataset's class folders when there is one per model class."""
+    model, dataset = params["model"], params.get("dataset") or {}
+    folders = dataset.get("class_names") or []
+    return model.get("class_names") or (folders if len(folders) == model["num_classes"] else None)
 
 
 def _checked_params(kind: str, handler):

@@ -158,8 +158,8 @@ def test_a_resumed_audit_skips_extraction_and_the_graphed_batches(world, redis_c
     stopping = Worker(queue, tasks.handlers(), checkpoint_s=0)
     real_progress = type(stopping.queue).report_progress
 
-    def report(self, job_, stage, done, total):  # stop the worker once two graph batches are done
-        if stage == "graph" and done >= 2 * BATCH:
+    def report(self, job_, stage, done, total):  # stop the worker in the third graph batch (units: images × pairs)
+        if stage == "graph" and done > 2 * BATCH * len(LAYERS):
             stop.set()
         return real_progress(self, job_, stage, done, total)
 
