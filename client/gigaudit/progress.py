@@ -15,8 +15,13 @@ def stage_label(meta: metadata_pb.OperationMetadata) -> str:
     state = metadata_pb.OperationState.Name(meta.state).removeprefix("OPERATION_STATE_").lower()
     if meta.state == metadata_pb.OPERATION_STATE_QUEUED:
         return f"queued ({meta.queue_position} ahead)" if meta.queue_position else "queued (next)"
-    label = meta.stage or state
+    label = meta.stage or _KIND_LABELS.get(meta.kind, state)
     return f"{label} (attempt {meta.attempt})" if meta.attempt > 1 else label
+
+
+_KIND_LABELS = {"validate_model": "checking the weights", "list_layers": "listing layers"}
+_FINISHED = (metadata_pb.OPERATION_STATE_SUCCEEDED, metadata_pb.OPERATION_STATE_FAILED,
+             metadata_pb.OPERATION_STATE_CANCELLED)
 
 
 class OperationProgress:
@@ -36,11 +41,13 @@ class OperationProgress:
 
         label = stage_label(meta)
         stage_key = "queued" if meta.state == metadata_pb.OPERATION_STATE_QUEUED else label
+        if meta.state in _FINISHED and (self.bar is None or not meta.stage):
+            return  # the last stage's bar already shows the end; no bar of its own for "succeeded"
         with self._lock:
             if stage_key != self.stage:
                 self._close_bar()
                 fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
-                       if meta.total else "{desc}: {n_fmt} [{elapsed}]")
+                       if meta.total else "{desc} [{elapsed}]")
                 self.bar = tqdm(desc=label, total=meta.total or None, unit="", leave=True, file=self.file,
                                 bar_format=fmt, dynamic_ncols=True)
                 self.stage = stage_key

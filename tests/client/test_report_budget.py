@@ -49,6 +49,9 @@ def test_default_budget_holds_a_large_audit_and_says_what_it_left_out(large):
     assert budget["plan"] != {"per_concept": 6, "size": 96, "quality": 80, "ierf": True}  # relevant left out
     for nid in budget["left_out_concepts"]:  # left out: the references stay
         assert [e["image"] for e in data["gallery"][nid]] == [s.image for s in shots[nid]]
+    unbounded = len(build_report(graph, exemplars=shots, max_bytes=0).encode())
+    print(f"report: {len(html.encode()) / 1e6:.2f} MB at the default budget ({len(shown)} of {len(shots)} concepts' "
+          f"images, plan {budget['plan']}); {unbounded / 1e6:.1f} MB without a budget")
 
 
 @pytest.mark.parametrize("size", ["1MB", "400kB"])

@@ -27,7 +27,7 @@ C = grpc.StatusCode
 BAD, MISSING = C.INVALID_ARGUMENT, C.NOT_FOUND
 # What each method may answer on an empty server (no resources, no worker, no auth, no URI allow-list).
 EXPECTED = {
-    **dict.fromkeys(["GetModel", "DeleteModel", "ListLayers", "GetDataset", "DeleteDataset", "GetConceptSet",
+    **dict.fromkeys(["GetModel", "DeleteModel", "GetDataset", "DeleteDataset", "GetConceptSet",
                      "GetConceptGraph", "GetConceptExemplars", "DeleteConceptSet", "DeleteConceptGraph",
                      "WatchOperation", "GetOperation", "DeleteOperation", "CancelOperation", "WaitOperation",
                      "RetryDeadLetter"], {BAD, MISSING}),
@@ -38,6 +38,8 @@ EXPECTED = {
     **dict.fromkeys(["UploadModel", "UploadDataset"], {BAD, C.RESOURCE_EXHAUSTED}),
     "RegisterDataset": {BAD, C.PERMISSION_DENIED},
     "ListArchitectures": {C.OK},
+    # the layers of an architecture (no parent) come from a worker: with none registered, UNAVAILABLE
+    "ListLayers": {BAD, MISSING, C.UNAVAILABLE},
     # a probe's request id reused with another sleep is a different request
     "SubmitProbe": {C.OK, BAD, C.ALREADY_EXISTS},
 }

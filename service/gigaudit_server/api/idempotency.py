@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import grpc
 import redis
-from google.protobuf import json_format
 
 from gigaudit_server import keys
 from gigaudit_server.api import errors
@@ -27,13 +26,16 @@ PENDING_WAIT_S = 5.0
 
 
 def fingerprint(message, *, ignore: tuple[str, ...] = ("request_id",), extra: dict | None = None) -> str:
-    """sha256 of a request message's fields (deterministic JSON) minus ``ignore``, plus ``extra``."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """sha256 of a request message (deterministic wire bytes) without the fields ``ignore``, plus ``extra``."""
+    copy = type(message)()
+    copy.CopyFrom(message)
     for name in ignore:
-        data.pop(name, None)
+        if name in copy.DESCRIPTOR.fields_by_name:
+            copy.ClearField(name)
+    digest = hashlib.sha256(copy.SerializeToString(deterministic=True))
     if extra:
-        data["__extra__"] = extra
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        digest.update(json.dumps(extra, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 class Gone(Exception):
