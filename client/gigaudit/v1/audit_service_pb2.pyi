@@ -88,7 +88,7 @@ class BuildConceptGraphRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., concept_graph_id: _Optional[str] = ..., concept_set: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AuditRequest(_message.Message):
-    __slots__ = ("parent", "audit_id", "dataset", "layers", "concept_options", "graph_options", "request_id", "metrics", "evaluation_images")
+    __slots__ = ("parent", "audit_id", "dataset", "layers", "concept_options", "graph_options", "request_id", "metrics", "evaluation_images", "probes")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class AuditRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
     parent: str
     audit_id: str
     dataset: str
@@ -107,7 +108,8 @@ class AuditRequest(_message.Message):
     request_id: str
     metrics: _containers.RepeatedScalarFieldContainer[str]
     evaluation_images: int
-    def __init__(self, parent: _Optional[str] = ..., audit_id: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., concept_options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., graph_options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., evaluation_images: _Optional[int] = ...) -> None: ...
+    probes: str
+    def __init__(self, parent: _Optional[str] = ..., audit_id: _Optional[str] = ..., dataset: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., concept_options: _Optional[_Union[ConceptOptions, _Mapping]] = ..., graph_options: _Optional[_Union[GraphOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., evaluation_images: _Optional[int] = ..., probes: _Optional[str] = ...) -> None: ...
 
 class LayerConcepts(_message.Message):
     __slots__ = ("layer", "n_concepts", "relative_error", "l0", "rendered_concepts")
@@ -154,7 +156,7 @@ class ExemplarRef(_message.Message):
     def __init__(self, image: _Optional[int] = ..., position: _Optional[int] = ..., coefficient: _Optional[float] = ...) -> None: ...
 
 class ConceptNode(_message.Message):
-    __slots__ = ("id", "layer", "index", "kind", "name", "count", "frequency", "mean_coefficient", "exemplars")
+    __slots__ = ("id", "layer", "index", "kind", "name", "count", "frequency", "mean_coefficient", "exemplars", "label", "label_score")
     ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +166,8 @@ class ConceptNode(_message.Message):
     FREQUENCY_FIELD_NUMBER: _ClassVar[int]
     MEAN_COEFFICIENT_FIELD_NUMBER: _ClassVar[int]
     EXEMPLARS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     layer: str
     index: int
@@ -173,7 +177,9 @@ class ConceptNode(_message.Message):
     frequency: float
     mean_coefficient: float
     exemplars: _containers.RepeatedCompositeFieldContainer[ExemplarRef]
-    def __init__(self, id: _Optional[str] = ..., layer: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., count: _Optional[int] = ..., frequency: _Optional[float] = ..., mean_coefficient: _Optional[float] = ..., exemplars: _Optional[_Iterable[_Union[ExemplarRef, _Mapping]]] = ...) -> None: ...
+    label: str
+    label_score: float
+    def __init__(self, id: _Optional[str] = ..., layer: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., count: _Optional[int] = ..., frequency: _Optional[float] = ..., mean_coefficient: _Optional[float] = ..., exemplars: _Optional[_Iterable[_Union[ExemplarRef, _Mapping]]] = ..., label: _Optional[str] = ..., label_score: _Optional[float] = ...) -> None: ...
 
 class ClassSum(_message.Message):
     __slots__ = ("sum", "count")
@@ -391,3 +397,61 @@ class DeleteConceptGraphRequest(_message.Message):
     name: str
     force: bool
     def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ExplainImageRequest(_message.Message):
+    __slots__ = ("concept_graph", "image", "target_class", "explain_predicted", "top_k", "request_id")
+    CONCEPT_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    concept_graph: str
+    image: bytes
+    target_class: int
+    explain_predicted: bool
+    top_k: int
+    request_id: str
+    def __init__(self, concept_graph: _Optional[str] = ..., image: _Optional[bytes] = ..., target_class: _Optional[int] = ..., explain_predicted: _Optional[bool] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ImageExplanation(_message.Message):
+    __slots__ = ("predicted_class", "predicted_label", "target_class", "probabilities", "layers", "completeness")
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LABEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_FIELD_NUMBER: _ClassVar[int]
+    predicted_class: int
+    predicted_label: str
+    target_class: int
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerExplanation]
+    completeness: _struct_pb2.Struct
+    def __init__(self, predicted_class: _Optional[int] = ..., predicted_label: _Optional[str] = ..., target_class: _Optional[int] = ..., probabilities: _Optional[_Iterable[float]] = ..., layers: _Optional[_Iterable[_Union[LayerExplanation, _Mapping]]] = ..., completeness: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class LayerExplanation(_message.Message):
+    __slots__ = ("source", "target", "contributions")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    contributions: _containers.RepeatedCompositeFieldContainer[ConceptContribution]
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., contributions: _Optional[_Iterable[_Union[ConceptContribution, _Mapping]]] = ...) -> None: ...
+
+class ConceptContribution(_message.Message):
+    __slots__ = ("node_id", "concept", "label", "attribution", "coefficient", "ierf_overlay")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONCEPT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    COEFFICIENT_FIELD_NUMBER: _ClassVar[int]
+    IERF_OVERLAY_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    concept: int
+    label: str
+    attribution: float
+    coefficient: float
+    ierf_overlay: bytes
+    def __init__(self, node_id: _Optional[str] = ..., concept: _Optional[int] = ..., label: _Optional[str] = ..., attribution: _Optional[float] = ..., coefficient: _Optional[float] = ..., ierf_overlay: _Optional[bytes] = ...) -> None: ...

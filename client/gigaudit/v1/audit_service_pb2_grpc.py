@@ -92,6 +92,11 @@ class AuditServiceStub:
                 request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptGraphRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ExplainImage = channel.unary_unary(
+                '/gigaudit.v1.AuditService/ExplainImage',
+                request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.ExplainImageRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
         self.WatchOperation = channel.unary_stream(
                 '/gigaudit.v1.AuditService/WatchOperation',
                 request_serializer=gigaudit_dot_v1_dot_audit__service__pb2.WatchOperationRequest.SerializeToString,
@@ -182,6 +187,14 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainImage(self, request, context):
+        """Explains one image: the concepts at each analysed layer that carried its prediction (GIG along the path for
+        this image), with iERF maps and completeness. A worker job: returns an operation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchOperation(self, request, context):
         """Streams the operation on every progress or state change until it is done.
         """
@@ -246,6 +259,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.DeleteConceptGraph,
                     request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptGraphRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ExplainImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainImage,
+                    request_deserializer=gigaudit_dot_v1_dot_audit__service__pb2.ExplainImageRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'WatchOperation': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchOperation,
@@ -551,6 +569,33 @@ class AuditService:
             '/gigaudit.v1.AuditService/DeleteConceptGraph',
             gigaudit_dot_v1_dot_audit__service__pb2.DeleteConceptGraphRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AuditService/ExplainImage',
+            gigaudit_dot_v1_dot_audit__service__pb2.ExplainImageRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,
