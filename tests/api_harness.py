@@ -75,6 +75,13 @@ def worker(redis_client, redis_url, store):
     thread.join(10)
 
 
+@pytest.fixture
+def api_channel(server):
+    """A channel to the ``server`` fixture."""
+    with channel(server) as opened:
+        yield opened
+
+
 def stored_files(tmp_path, kind: str) -> list[str]:
     """The objects of ``kind`` (``"weights"``, ``"datasets"``) in the ``store`` of a test."""
     folder = tmp_path / "store" / kind

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import grpc
 
-from gigaudit import preprocessing
-from gigaudit.client import AuditClient, _archive, _file_digest, operation_result
+from gigaudit import explanations, preprocessing
+from gigaudit.client import IMAGE_SUFFIXES, AuditClient, _archive, _file_digest, operation_result
 from gigaudit.commands import completion, config, layers, resources
-from gigaudit.commands.common import DefaultsFormatter, add_connection, client_for, connection
+from gigaudit.commands.common import DefaultsFormatter, add_connection, add_output, client_for, connection, \
+    output_format
 from gigaudit.embedded import embedded_server
 from gigaudit.errors import GigauditError
 from gigaudit.policy import METRICS, evaluate_policy, expand_metrics, load_policy
@@ -74,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--arch", required=True, help="architecture name (see `gigaudit architectures`)")
     audit.add_argument("--num-classes", required=True, type=int)
     audit.add_argument("--dataset", required=True, type=Path, help="folder (class/image.png) or tar/zip archive")
+    audit.add_argument("--probes", type=Path, default=None, help="probe sets that name concepts: a folder (or "
+                       "tar/zip) with one folder of images per name, e.g. watermark/, optional masks in "
+                       "watermark/masks/ (same file names); images of the dataset's size and mode")
     audit.add_argument("--layers", nargs="+", default=[], help="analysed layers (default: the model's default)")
     audit.add_argument("--class-names", nargs="+", default=[],
                        help="class names, index = class id (default: the dataset's class folders)")
@@ -120,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--reference", type=Path)
     report.set_defaults(run=_report)
 
+    explain = sub.add_parser("explain", help="why the model classified one image as it did: the concepts that "
+                             "carried its class at every analysed layer, with iERF overlays",
+                             formatter_class=DefaultsFormatter)
+    explain.add_argument("image", type=Path, help="the image (PNG, JPEG, BMP or WebP; at most 16 MiB)")
+    explain.add_argument("--graph", required=True, help="concept graph: models/MODEL/conceptGraphs/ID or MODEL/ID")
+    explain.add_argument("--target", default=None, help="class to explain, index or name (default: the predicted "
+                         "class)")
+    explain.add_argument("--top-k", type=int, default=5, help="concepts per layer, 1..64")
+    explain.add_argument("--out", type=Path, help="folder for the iERF overlays (WebP) and explanation.json")
+    explain.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: no limit)")
+    add_output(explain)
+    add_connection(explain)
+    explain.set_defaults(run=_explain)
+
     layers.add_parsers(sub)
     resources.add_parsers(sub)
     config.add_parsers(sub)
@@ -127,6 +145,29 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the server (`gigaudit serve --help` for its flags and defaults)")
     sub.add_parser("worker", help="run a worker (`gigaudit worker --help` for its flags and defaults)")
     return parser
+
+
+def _explain(args) -> int:
+    """`gigaudit explain`: print the explanation (table or JSON); with --out, write its overlays and JSON too."""
+    if not 1 <= args.top_k <= 64:
+        raise ValueError(f"--top-k must be between 1 and 64, got {args.top_k}")
+    target = int(args.target) if args.target is not None and args.target.isdigit() else args.target
+    with client_for(args) as client:
+        explanation = client.explain_image(args.graph, args.image, target=target, top_k=args.top_k,
+                                           timeout=args.timeout)
+    if args.out:
+        explanations.write_overlays(explanation, args.out)
+        print(f"gigaudit: overlays and explanation.json in {args.out}", file=sys.stderr)
+    fmt, ready = output_format(args), explanations.to_json_ready(explanation, files=bool(args.out))
+    if fmt == "table":
+        print(explanations.table(explanation))
+    elif fmt == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(ready, sort_keys=False, allow_unicode=True).rstrip())
+    else:
+        print(json.dumps(ready, indent=2))
+    return EXIT_OK
 
 
 def _version() -> str:
@@ -177,18 +218,20 @@ def _run_audit(args, client: AuditClient, policy, reference) -> int:
         layers.check_architecture(client, args.arch)  # cheap checks first: nothing is uploaded when they fail
         _check_weights(args)
         dataset = _register_dataset(args, client, progress)
+        probes = _register_dataset(args, client, progress, _checked_probes(args.probes)) if args.probes else None
         _choose_preprocessing(args, dataset)
         model = _register_model(args, client, progress)
-        options = _audit_options(args, model.name, dataset.name)
+        options = _audit_options(args, model.name, dataset.name, probes.name if probes else "")
         digest = _digest(options)
         audit_id = args.audit_id or f"audit-{digest[:16]}"
         concept_options = {"n_concepts": args.n_concepts, "seed": args.seed}
         graph_options = {"steps": args.steps, "top_t": args.top_t}
+        named = {"probes": probes.name} if probes else {}  # AuditClient.audit(probes=...): see docs/client.md
         try:
             op = client.audit(model.name, dataset.name, audit_id, layers=args.layers,
                               concept_options=concept_options, graph_options=graph_options,
                               metrics=args.metrics, evaluation_images=args.evaluation_images,
-                              request_id=f"cli-audit-{audit_id}-{digest[:32]}")
+                              request_id=f"cli-audit-{audit_id}-{digest[:32]}", **named)
         except GigauditError as exc:
             if exc.code != grpc.StatusCode.ALREADY_EXISTS:
                 raise
@@ -200,6 +243,8 @@ def _run_audit(args, client: AuditClient, policy, reference) -> int:
         print(f"gigaudit: audit {audit_id}: operation {op.name}", file=sys.stderr)
         result = client.wait(op.name, timeout=_left(args), progress=progress)
         graph = client.get_graph(result.concept_graph.name)
+        if probes:
+            _print_naming(graph)
         exemplars = client.graph_exemplars(graph, result.concept_set.name, args.exemplars) if args.exemplars else {}
     return _write_outputs(args.out, graph, policy, reference, exemplars, title=f"gigaudit: {model.name}",
                           max_bytes=args.report_size)
@@ -263,14 +308,15 @@ def _check_weights(args) -> None:
         raise ValueError(problem)
 
 
-def _register_dataset(args, client: AuditClient, progress: bool):
-    """Upload the dataset (a folder packed into a tar once) under an id from its content; an existing dataset of
-    that id is reused only when its content is the same."""
-    with _archive(args.dataset) as (archive, _):
+def _register_dataset(args, client: AuditClient, progress: bool, path: Path | None = None):
+    """Upload the dataset (`path`, default --dataset; a folder packed into a tar once) under an id from its
+    content; an existing dataset of that id is reused only when its content is the same."""
+    path = path or args.dataset
+    with _archive(path) as (archive, _):
         sha = _file_digest(archive)[1]
-        dataset_id = f"{_stem(args.dataset)}-{sha[:12]}"
+        dataset_id = f"{_stem(path)}-{sha[:12]}"
         try:
-            dataset = client.upload_dataset(archive, dataset_id, display_name=args.dataset.name,
+            dataset = client.upload_dataset(archive, dataset_id, display_name=path.name,
                                             request_id=f"cli-dataset-{sha[:32]}", progress=progress)
         except GigauditError as exc:
             if exc.code != grpc.StatusCode.ALREADY_EXISTS:
@@ -280,6 +326,38 @@ def _register_dataset(args, client: AuditClient, progress: bool):
         raise ValueError(f"datasets/{dataset_id} holds other content (sha256 {dataset.sha256[:12]}…, this one "
                          f"{sha[:12]}…); delete it (`gigaudit datasets delete`) or rename the dataset")
     return dataset
+
+
+def _checked_probes(path: Path) -> Path:
+    """`path` when it is a probe archive, or a folder of probe folders that each hold images; ValueError naming an
+    empty folder or loose images (the server checks sizes, modes and masks)."""
+    if not path.is_dir():
+        return path  # an archive: the upload and the audit check it
+    images = {p.suffix.lower() for p in path.iterdir() if p.is_file()} & IMAGE_SUFFIXES
+    if images:
+        raise ValueError(f"--probes {path}: images lie loose in the folder; put them in one folder per named concept "
+                         "(e.g. watermark/a.png)")
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"--probes {path}: no probe folders (one folder of images per named concept)")
+    for folder in folders:
+        if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            raise ValueError(f"--probes {path}: probe folder {folder.name!r} holds no images")
+    return path
+
+
+def _print_naming(graph: ConceptGraph) -> None:
+    """Which concepts the probes named (with the held-out check), and which probes named nothing."""
+    naming = graph.evidence.get("naming") or {}
+    for probe, found in (naming.get("matches") or {}).items():
+        for match in found:
+            held = match.get("heldout_score")
+            print(f"gigaudit: named {match['node']} {probe!r} (score {match['score']:.2f}"
+                  + (f", held-out {held:.2f})" if held is not None else ")"), file=sys.stderr)
+    for probe in naming.get("unmatched") or []:
+        best = ((naming.get("probes") or {}).get(probe) or {}).get("best") or {}
+        close = f" (best {best['node']}, score {best['score']:.2f})" if best.get("node") else ""
+        print(f"gigaudit: warning: probe {probe!r} matched no concept{close}", file=sys.stderr)
 
 
 def _earlier_audit(client: AuditClient, model: str, audit_id: str):
@@ -320,10 +398,12 @@ def _write_outputs(out: Path, graph: ConceptGraph, policy, reference, exemplars,
     return EXIT_OK if result.passed else EXIT_POLICY
 
 
-def _audit_options(args, model: str, dataset: str) -> dict:
+def _audit_options(args, model: str, dataset: str, probes: str = "") -> dict:
     """Everything that decides an audit's result, for its derived id and request id."""
     options = {"model": model, "dataset": dataset, "layers": list(args.layers), "n_concepts": args.n_concepts,
                "seed": args.seed, "steps": args.steps, "top_t": args.top_t}
+    if probes:  # only when set: ids derived before probes existed stay the same
+        options["probes"] = probes
     if getattr(args, "metrics", None):  # only when set: ids derived before these options existed stay the same
         options["metrics"] = list(args.metrics)
     if getattr(args, "evaluation_images", 0):

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 
-from gigaudit import convert
+from gigaudit import convert, explanations
 from gigaudit.errors import GigauditError
 from gigaudit.progress import OperationProgress
 from gigaudit.results import ConceptGraph, Exemplar
@@ -207,17 +207,19 @@ class AuditClient:
     # --- audits and operations ----------------------------------------------------------------
     def audit(self, model: str, dataset: str, audit_id: str, *, layers: Sequence[str] = (),
               concept_options: dict | None = None, graph_options: dict | None = None,
-              metrics: Sequence[str] = (), evaluation_images: int = 0,
+              metrics: Sequence[str] = (), evaluation_images: int = 0, probes: str = "",
               request_id: str | None = None) -> operations_pb2.Operation:
         """Start an audit (concepts + graph + evidence); returns the operation. Retries keep the request id.
 
         `metrics`: evaluation metrics (empty: gig.evaluate's default set; add "stability" and "sanity" for those
-        checks); `evaluation_images`: images evaluated (0: gig.evaluate's default, 16)."""
+        checks); `evaluation_images`: images evaluated (0: gig.evaluate's default, 16); `probes`: a dataset of
+        probe images (one folder per named concept) that names the concepts."""
         request = audit_pb.AuditRequest(
             parent=_named("models", model), audit_id=audit_id, dataset=_named("datasets", dataset),
             layers=list(layers), concept_options=audit_pb.ConceptOptions(**(concept_options or {})),
             graph_options=audit_pb.GraphOptions(**(graph_options or {})), request_id=request_id or _request_id(),
-            metrics=list(metrics), evaluation_images=evaluation_images)
+            metrics=list(metrics), evaluation_images=evaluation_images,
+            probes=_named("datasets", probes) if probes else "")
         return self._call(self.audits.Audit, request)
 
     def probe(self, sleep: float = 0.0, request_id: str | None = None) -> operations_pb2.Operation:
@@ -382,6 +384,33 @@ class AuditClient:
             self.wait(op.name, timeout=timeout, progress=progress)
         return self.get_concept_set(concept_set)
 
+    def explain_image(self, graph: str, image_path: str | Path, target: int | str | None = None, top_k: int = 5, *,
+                      timeout: float | None = None, progress: bool = False, request_id: str | None = None) -> dict:
+        """Why the model classified one image as it did, in the terms of the concept graph `graph`
+        (`models/{m}/conceptGraphs/{g}` or `m/g`): per analysed layer the `top_k` concepts (at most 64) that
+        carried the class `target` (an index or a class name; None: the predicted class), with their GIG
+        attribution, their coefficient in the image and an iERF overlay (WebP), and completeness per segment.
+
+        Waits for the operation; returns the dict of `gigaudit.explanations` (ready for `gigaudit.report`)."""
+        name = _child("conceptGraphs", graph)
+        path = Path(image_path)
+        if not path.is_file():
+            raise ValueError(f"no such image file: {path}")
+        classes = list(self._call(self.audits.GetConceptGraph, audit_pb.GetConceptGraphRequest(name=name)).classes)
+        if isinstance(target, str):
+            if target not in classes:
+                raise ValueError(f"unknown class {target!r}; the graph's classes are: {', '.join(classes) or 'none'}")
+            target = classes.index(target)
+        request = audit_pb.ExplainImageRequest(
+            concept_graph=name, image=path.read_bytes(), target_class=-1 if target is None else int(target),
+            explain_predicted=target is None, top_k=top_k, request_id=request_id or _request_id())
+        op = self._call(self.audits.ExplainImage, request)
+        message = self.wait(op.name, timeout=timeout, progress=progress)
+        if not isinstance(message, audit_pb.ImageExplanation):  # an Any that operation_result does not unpack
+            packed, message = message, audit_pb.ImageExplanation()
+            packed.Unpack(message)
+        return explanations.explanation_to_dict(message, graph=name, image=path.name, class_names=classes)
+
     def graph_exemplars(self, graph: ConceptGraph, concept_set: str, max_exemplars: int = 6, *,
                         nodes: Sequence[str] = ()) -> dict:
         """{node id: exemplars with PNGs} for the concept nodes of `graph` that the server has rendered (after an
@@ -434,7 +463,8 @@ def operation_result(op: operations_pb2.Operation):
     """The unpacked response of a done operation; GigauditError when it failed or was cancelled."""
     if op.HasField("error"):
         raise GigauditError.from_status(op.error)
-    for kind in (audit_pb.AuditResult, audit_pb.ConceptGraph, audit_pb.ConceptSet, model_pb.Model):
+    for kind in (audit_pb.AuditResult, audit_pb.ConceptGraph, audit_pb.ConceptSet, model_pb.Model,
+                 audit_pb.ImageExplanation):
         if op.response.Is(kind.DESCRIPTOR):
             result = kind()
             op.response.Unpack(result)

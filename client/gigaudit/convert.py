@@ -22,6 +22,8 @@ def node_to_dict(node: audit_pb.ConceptNode) -> dict:
         out["mean_coefficient"] = node.mean_coefficient
         out["exemplars"] = [{"image": e.image, "position": e.position, "coefficient": e.coefficient}
                             for e in node.exemplars]
+        if node.label:
+            out["label"], out["label_score"] = node.label, node.label_score
     return out
 
 

@@ -17,9 +17,31 @@ Example (every section and field is optional; unknown fields are refused):
     evaluation:                         # what `gigaudit audit` asks the server to evaluate (flags override it)
       images: 64                        # evaluation images (default: gig.evaluate's, 16)
       metrics: [default, stability, sanity]   # "default" = gig.evaluate's default set
+    forbidden_concepts:                 # named concepts (probe names, `gigaudit audit --probes DIR`)
+      - concept: watermark              # a probe name: the label of graph nodes
+        classes: all                    # or a list of class names / indices (default: all)
+        max_share: 0.2                  # its share of each class's relevance stays at or below this
+        allow_unmatched: false          # a probe that named no concept fails the check (default)
+    required_concepts:
+      - concept: fur
+        classes: [cat]
+        min_share: 0.1                  # the class draws at least this share from the concept
+
+Named-concept checks (`named_share`): a class's relevance flows back from its class node along class-conditional
+|share| (`ConceptGraph.relevance`, coverage 1); at each layer with nodes labelled `concept`, the share is the part
+of the relevance entering that layer that those nodes carry, `S = Σ_r w_r A_r / D_r` over the nodes `r` of the next
+layer (`w_r`: `r`'s part of the class's relevance there; `A_r`, `D_r`: Σ |class-conditional mean| of the edges into
+`r` from the labelled nodes, from all nodes). Its uncertainty is one standard error by the delta method: every
+edge's class-conditional mean `sum_c / count_c` (`class_sums`) has standard error `std / sqrt(count_c)`, with
+`std` the edge's spread across all its images (`std`, else from `sum_sq`; the graph keeps no per-class spread,
+and the spread across all images is the larger one when classes differ), errors independent across edges; the
+relevance `w_r` of the next layer is taken as known (exact for the last concept layer, whose next layer is the
+class). A forbidden concept fails when `S - SE > max_share` at some layer, a required one when `S + SE < min_share`
+at every layer; both report `share S ± SE`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +115,20 @@ class EvaluationPolicy(_Strict):
         return None if value is None else expand_metrics(value)
 
 
+class _NamedConceptRule(_Strict):
+    concept: str = Field(min_length=1, description="a probe name (the label of graph nodes)")
+    classes: Literal["all"] | list[str | int] = "all"
+    allow_unmatched: bool = False
+
+
+class ForbiddenConcept(_NamedConceptRule):
+    max_share: float = Field(ge=0.0, le=1.0)
+
+
+class RequiredConcept(_NamedConceptRule):
+    min_share: float = Field(ge=0.0, le=1.0)
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     name: str = "default"
@@ -100,6 +136,8 @@ class Policy(_Strict):
     concentration: ConcentrationPolicy | None = None
     drift: DriftPolicy | None = None
     evaluation: EvaluationPolicy | None = None
+    forbidden_concepts: list[ForbiddenConcept] = Field(default_factory=list)
+    required_concepts: list[RequiredConcept] = Field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +147,7 @@ class Check:
     value: float | None = None
     threshold: float | None = None
     detail: str = ""
+    uncertainty: float | None = None  # one standard error of `value` (named-concept checks)
 
 
 @dataclass
@@ -165,6 +204,8 @@ def evaluate_policy(policy: Policy | str | Path | dict, graph: ConceptGraph | di
         result.checks += _evidence_checks(policy.evidence, view.evidence)
     if policy.concentration:
         result.checks += _concentration_checks(policy.concentration, view)
+    if policy.forbidden_concepts or policy.required_concepts:
+        result.checks += _named_concept_checks(policy, view)
     if policy.drift:
         if reference is None:
             result.checks.append(Check("drift", False, detail="the policy has drift checks but no reference audit"))
@@ -251,3 +292,134 @@ def _drift_checks(p: DriftPolicy, reference, view: ConceptGraph) -> tuple[dict, 
         for cls, overlap in drift.circuit_overlap.items():
             checks.append(_at_least(f"drift.circuit_overlap[{cls}]", overlap, p.min_circuit_overlap))
     return drift.to_dict(), checks
+
+
+# ---------------------------------------------------------------------------------------------- named concepts
+def named_share(view: ConceptGraph | dict, cls: int | str, name: str) -> tuple[float, float]:
+    """``(share, uncertainty)``: the largest share of class ``cls``'s relevance that the nodes labelled ``name``
+    carry at one layer, and its standard error (module docstring). ``(0.0, 0.0)`` when no node carries the name;
+    ``ValueError`` for an unknown class."""
+    view = view if isinstance(view, ConceptGraph) else ConceptGraph(view)
+    shares = named_shares(view, cls, name)
+    return max(shares.values(), default=(0.0, 0.0))
+
+
+def named_shares(view: ConceptGraph, cls: int | str, name: str) -> dict[str, tuple[float, float]]:
+    """``{layer: (share, uncertainty)}`` of every layer with a node labelled ``name`` (see :func:`named_share`)."""
+    class_id = view.class_node(cls)
+    class_index = view.nodes[class_id]["index"]
+    relevance, _ = view.relevance(cls, coverage=1.0)
+    labelled = {node for node, label in node_labels(view).items() if label == name}
+    out = {}
+    for position, layer in enumerate(view.layers[:-1]):
+        named = {node for node in labelled if view.nodes[node]["layer"] == layer}
+        if named:
+            targets = [n["id"] for n in view.layer_nodes(view.layers[position + 1])]
+            out[layer] = _layer_share(view, class_index, relevance, targets, named)
+    return out
+
+
+def node_labels(view: ConceptGraph) -> dict[str, str]:
+    """``{node id: name}``: node ``label`` fields, else the audit's ``evidence.naming.labels``."""
+    labels = {node: pair[0] for node, pair in (_naming(view).get("labels") or {}).items() if node in view.nodes}
+    labels.update({node_id: node["label"] for node_id, node in view.nodes.items() if node.get("label")})
+    return labels
+
+
+def _naming(view: ConceptGraph) -> dict:
+    naming = view.evidence.get("naming")
+    return naming if isinstance(naming, dict) else {}
+
+
+def _layer_share(view: ConceptGraph, class_index: int, relevance: dict[str, float], targets: list[str],
+                 named: set[str]) -> tuple[float, float]:
+    """The share of the relevance entering a layer that ``named`` nodes carry, and its delta-method error."""
+    rows = []
+    for target in targets:
+        weight = relevance.get(target, 0.0)
+        if weight <= 0:
+            continue
+        edges = []
+        for edge in view.incoming(target):
+            total, count = (edge.get("class_sums") or {}).get(str(class_index), (0.0, 0))
+            if count:
+                edges.append((edge["source"] in named, abs(total / count), _spread(edge) / math.sqrt(count)))
+        denominator = sum(m for _, m, _ in edges)
+        if denominator > 0:
+            rows.append((weight, sum(m for is_named, m, _ in edges if is_named), denominator, edges))
+    weights = sum(w for w, *_ in rows)
+    if not weights:
+        return 0.0, 0.0
+    share, variance = 0.0, 0.0
+    for weight, named_sum, denominator, edges in rows:
+        w = weight / weights
+        share += w * named_sum / denominator
+        for is_named, _, error in edges:  # dS/dm = w (D - A) / D² for a named source, -w A / D² otherwise
+            slope = w * ((denominator - named_sum) if is_named else -named_sum) / denominator ** 2
+            variance += (slope * error) ** 2
+    return share, math.sqrt(variance)
+
+
+def _spread(edge: dict) -> float:
+    """An edge's standard deviation across its images (``std``, else from ``sum_sq``; 0 when neither is kept)."""
+    if edge.get("std") is not None:
+        return float(edge["std"])
+    if edge.get("sum_sq") is not None and edge.get("count"):
+        mean = edge["sum"] / edge["count"]
+        return math.sqrt(max(0.0, edge["sum_sq"] / edge["count"] - mean * mean))
+    return 0.0
+
+
+def _named_concept_checks(policy: Policy, view: ConceptGraph) -> list[Check]:
+    """The checks of ``forbidden_concepts`` and ``required_concepts``; ValueError for an unknown class or name
+    (before any check is made)."""
+    labels = set(node_labels(view).values())
+    naming = _naming(view)
+    probes = set(naming.get("matches") or {}) | set(naming.get("unmatched") or []) | set(naming.get("probes") or {})
+    rules = [("forbidden_concept", rule) for rule in policy.forbidden_concepts] + \
+            [("required_concept", rule) for rule in policy.required_concepts]
+    planned = []
+    for kind, rule in rules:
+        if rule.concept not in labels and rule.concept not in probes:
+            named = ", ".join(sorted(labels)) or "none"
+            raise ValueError(f"{kind} {rule.concept!r}: no node of the graph carries this name and the audit had no "
+                             f"such probe; named concepts: {named}; probes: {', '.join(sorted(probes)) or 'none'} "
+                             "(`gigaudit audit --probes DIR`)")
+        classes = [n["id"] for n in view.class_nodes()] if rule.classes == "all" else \
+            [view.class_node(c) for c in rule.classes]  # ValueError lists the valid classes
+        planned.append((kind, rule, classes))
+    checks = []
+    for kind, rule, classes in planned:
+        if rule.concept not in labels:  # a probe that named nothing: reported, never a silent pass
+            best = ((naming.get("probes") or {}).get(rule.concept) or {}).get("best") or {}
+            how_close = f" (best score {best['score']:.2f} at {best.get('node')})" if best.get("score") else ""
+            checks.append(Check(f"{kind}[{rule.concept}]", rule.allow_unmatched, detail=(
+                f"unmatched: probe {rule.concept!r} named no concept of the audit{how_close}"
+                + ("; allowed by allow_unmatched" if rule.allow_unmatched else ""))))
+            continue
+        for class_id in classes:
+            shares = named_shares(view, class_id, rule.concept)
+            label = view.class_label(class_id)
+            checks.append(_forbidden(kind, rule, label, shares) if kind == "forbidden_concept"
+                          else _required(kind, rule, label, shares))
+    return checks
+
+
+def _forbidden(kind: str, rule: ForbiddenConcept, label: str, shares: dict) -> Check:
+    """Fails when at some layer the share exceeds ``max_share`` by more than its uncertainty."""
+    layer, (share, error) = max(shares.items(), key=lambda item: item[1][0] - item[1][1])
+    passed = share - error <= rule.max_share
+    relation = ">" if share > rule.max_share else "≤"
+    within = ", within its uncertainty" if passed and share > rule.max_share else ""
+    return Check(f"{kind}[{rule.concept}, {label}]", passed, share, rule.max_share,
+                 f"share {share:.2f} ± {error:.2f} {relation} {rule.max_share:.2f} at {layer}{within}", error)
+
+
+def _required(kind: str, rule: RequiredConcept, label: str, shares: dict) -> Check:
+    """Fails when at every layer the share falls short of ``min_share`` by more than its uncertainty."""
+    layer, (share, error) = max(shares.items(), key=lambda item: item[1][0] + item[1][1])
+    passed = share + error >= rule.min_share
+    relation = "<" if share < rule.min_share else "≥"
+    within = ", within its uncertainty" if passed and share < rule.min_share else ""
+    return Check(f"{kind}[{rule.concept}, {label}]", passed, share, rule.min_share,
+                 f"share {share:.2f} ± {error:.2f} {relation} {rule.min_share:.2f} at {layer}{within}", error)

@@ -114,3 +114,21 @@ def exemplars_for(graph: dict, per_node: int = 3) -> dict[str, list[Exemplar]]:
         out[node["id"]] = [Exemplar(node["id"], e["image"], e["position"], e["coefficient"], png(colour),
                                     png((30,), grey=True)) for e in node["exemplars"][:per_node]]
     return out
+
+
+def name_nodes(graph: dict, labels: dict[str, str], unmatched: list[str] = (), on_nodes: bool = True) -> dict:
+    """``graph`` with nodes named as ``gig.naming.label_graph`` names them (``label``, ``label_score`` and
+    ``evidence.naming``); ``on_nodes=False`` keeps the names in ``evidence.naming.labels`` only."""
+    probes = sorted({*labels.values(), *unmatched})
+    for node in graph["nodes"]:
+        if on_nodes and node["id"] in labels:
+            node["label"], node["label_score"] = labels[node["id"]], 0.9
+    matches = {p: [{"layer": n.split(":")[0], "concept": int(n.split(":")[1]), "node": n, "score": 0.9,
+                    "heldout_score": 0.85} for n, name in labels.items() if name == p] for p in probes}
+    graph.setdefault("evidence", {})["naming"] = {
+        "format": "gigaudit.naming/1", "labels": {n: [name, 0.9] for n, name in labels.items()}, "matches": matches,
+        "unmatched": list(unmatched), "params": {"min_score": 0.6, "holdout": 0.3},
+        "probes": {p: {"images": 10, "fit": 7, "heldout": 3, "best": (matches[p] or [{"node": "features.1:2",
+                                                                                      "score": 0.55}])[0]}
+                   for p in probes}}
+    return graph

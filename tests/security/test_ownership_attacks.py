@@ -76,6 +76,8 @@ def test_concept_sets_and_graphs_are_visible_to_their_creator_and_admins_only(pa
     refused(lambda: audits.DeleteConceptGraph(audit_pb.DeleteConceptGraphRequest(name=graph_name, force=True)),
             NOT_FOUND)
     refused(lambda: audits.DeleteConceptSet(audit_pb.DeleteConceptSetRequest(name=set_name, force=True)), NOT_FOUND)
+    refused(lambda: audits.ExplainImage(audit_pb.ExplainImageRequest(concept_graph=graph_name, image=_png(),
+                                                                     explain_predicted=True)), NOT_FOUND)
     assert not audits.ListConceptSets(audit_pb.ListConceptSetsRequest(parent="models/parts")).concept_sets
     assert not audits.ListConceptGraphs(audit_pb.ListConceptGraphsRequest(parent="models/parts")).concept_graphs
     # the creator and the admins still see them, untouched by bob's attempts
@@ -114,3 +116,13 @@ def test_deleting_ones_finished_audit_operation_keeps_its_concept_set_and_graph(
     assert alice.concept_set("models/parts/conceptSets/a").state == ACTIVE
     graph = alice.audits.GetConceptGraph(audit_pb.GetConceptGraphRequest(name="models/parts/conceptGraphs/a"))
     assert graph.state == ACTIVE and graph.node_count > 0 and len(graph.nodes) > 0
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (120, 60, 30)).save(out, format="PNG")
+    return out.getvalue()

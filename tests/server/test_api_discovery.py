@@ -13,7 +13,7 @@ from google.longrunning import operations_pb2_grpc as lro_grpc
 from PIL import Image
 
 import api_harness as h
-from api_harness import server, store, worker  # noqa: F401 (fixtures)
+from api_harness import api_channel, server, store, worker  # noqa: F401 (fixtures)
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
@@ -26,9 +26,8 @@ from gigaudit_server.worker.architectures import architecture_descriptions
 
 
 @pytest.fixture
-def channel(server):
-    with h.channel(server) as channel:
-        yield channel
+def channel(api_channel):
+    return api_channel
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 import api_harness as h
-from api_harness import server, store, worker  # noqa: F401 (fixtures)
+from api_harness import api_channel, server, store, worker  # noqa: F401 (fixtures)
 from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import model_service_pb2_grpc as model_grpc
 from gigaudit.v1 import resource_state_pb2 as state_pb
@@ -28,9 +28,8 @@ class PartsNetBytes:
 
 
 @pytest.fixture
-def channel(server):
-    with h.channel(server) as channel:
-        yield channel
+def channel(api_channel):
+    return api_channel
 
 
 @pytest.fixture

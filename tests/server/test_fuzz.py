@@ -34,7 +34,8 @@ EXPECTED = {
     **dict.fromkeys(["ListModels", "ListDatasets", "ListOperations", "ListDeadLetters"], {C.OK, BAD}),
     # AIP-132: listing under a model that does not exist may be NOT_FOUND or an empty page
     **dict.fromkeys(["ListConceptSets", "ListConceptGraphs"], {C.OK, BAD, MISSING}),
-    **dict.fromkeys(["ExtractConcepts", "BuildConceptGraph", "Audit", "RenderExemplars"], {BAD, MISSING}),
+    **dict.fromkeys(["ExtractConcepts", "BuildConceptGraph", "Audit", "RenderExemplars", "ExplainImage"],
+                    {BAD, MISSING}),
     **dict.fromkeys(["UploadModel", "UploadDataset"], {BAD, C.RESOURCE_EXHAUSTED}),
     "RegisterDataset": {BAD, C.PERMISSION_DENIED},
     "ListArchitectures": {C.OK},

@@ -59,14 +59,16 @@ def parse_size(text: str | int) -> int:
 def build_report(graph: ConceptGraph | dict, *, exemplars: Mapping[str, Sequence[Exemplar]] | None = None,
                  policy: PolicyResult | dict | None = None, title: str = "gigaudit report", top_k: int = 3,
                  nodes_per_layer: int = 12, coverage: float = 0.8, max_edges: int = 10, max_circuits: int = 200,
-                 max_bytes: int | None = DEFAULT_MAX_BYTES, class_names: Sequence[str] | None = None) -> str:
+                 max_bytes: int | None = DEFAULT_MAX_BYTES, class_names: Sequence[str] | None = None,
+                 explanations: Sequence[dict] | None = None) -> str:
     """The report as one HTML string, at most `max_bytes` long where the graph itself allows (0 or None: no budget).
 
     `exemplars` maps node ids to their exemplars (crop images, optional iERF views or maps); `policy` is the result
     of `evaluate_policy` (its checks and drift are shown); `top_k`, `nodes_per_layer` are the initial display
     controls. The page carries the `max_edges` strongest inputs of every node (plus circuit edges) and the circuits
     of the first `max_circuits` classes. `class_names` (e.g. the dataset's class folders) label the classes where
-    the graph has no names of its own.
+    the graph has no names of its own. `explanations` (dicts of `gigaudit.explanations`, e.g. from
+    `AuditClient.explain_image`) add a section "Image explanations"; their overlays count towards the budget first.
     """
     view = graph if isinstance(graph, ConceptGraph) else ConceptGraph(graph)
     if min(top_k, nodes_per_layer, max_edges) < 1 or max_circuits < 0:
@@ -81,7 +83,7 @@ def build_report(graph: ConceptGraph | dict, *, exemplars: Mapping[str, Sequence
     evidence = ev.in_layer_order(view.evidence, view.layers)
     fields = {"title": escape(title), "css": _asset("report.css"), "js": _asset("report.js"),
               "summary": _summary(view, policy_dict, labels), "policy": _policy_section(policy_dict),
-              "evidence": _evidence_section(evidence)}
+              "evidence": _evidence_section(evidence), "explanations": _explanations_section(explanations)}
     shots = {nid: list(s) for nid, s in (exemplars or {}).items() if nid in view.nodes and s}
     order = _priority(payload["nodes"], shots, nodes_per_layer)
     room = None if not max_bytes else max_bytes - len(_fill(fields, payload, "").encode()) - 2048  # the notice
@@ -132,10 +134,12 @@ def _payload(view: ConceptGraph, coverage: float, max_edges: int, max_circuits: 
     for node in view.class_nodes()[:max_circuits]:
         circuit = view.circuit(node["index"], coverage)
         circuits[node["id"]] = {"label": labels[node["id"]], "nodes": circuit["nodes"], "edges": circuit["edges"]}
+    names = _concept_names(view)
     nodes = [{"id": node["id"], "layer": node["layer"], "kind": node.get("kind", "concept"),
               "label": labels.get(node["id"], node["id"]), "count": node.get("count", 0),
               "frequency": node.get("frequency", 0.0), "mean_coefficient": node.get("mean_coefficient"),
-              "relevance": round(relevance.get(node["id"], 0.0), 6)} for node in view.data["nodes"]]
+              "relevance": round(relevance.get(node["id"], 0.0), 6), **names.get(node["id"], {})}
+             for node in view.data["nodes"]]
     # the strongest `max_edges` inputs of every node, and every circuit edge: enough for every view the page offers
     wanted = {(e["source"], e["target"]) for e in view.prune(max_edges)}
     wanted |= {tuple(edge) for c in circuits.values() for edge in c["edges"]}
@@ -404,10 +408,91 @@ def _evidence_section(evidence: dict) -> str:
                                 [[k, _fmt(v)] for k, v in best_first], css="auc"))
             parts.append("</figure>")
         parts.append("</div>")
-    other = {k: v for k, v in ev.other_metrics(evidence).items() if k != "images"}
+    parts.append(_naming_section(evidence.get("naming")))
+    other = {k: v for k, v in ev.other_metrics(evidence).items()
+             if k != "images" and k.split(".")[0] != "naming"}  # the naming has its own section
     if other:
         parts.append("<h3>Other evidence</h3>" + _table(["metric", "value"], [[k, _fmt(v)] for k, v in other.items()]))
     return "".join(parts) or "<p>The graph carries no evidence.</p>"
+
+
+def _concept_names(view: ConceptGraph) -> dict[str, dict]:
+    """``{node id: {"name", "name_score"}}`` of the concepts a probe set named (node labels, else the evidence)."""
+    naming = view.evidence.get("naming") if isinstance(view.evidence.get("naming"), dict) else {}
+    found = {node: {"name": pair[0], "name_score": round(float(pair[1]), 4)}
+             for node, pair in (naming.get("labels") or {}).items() if node in view.nodes}
+    found.update({nid: {"name": n["label"], "name_score": round(float(n.get("label_score") or 0.0), 4)}
+                  for nid, n in view.nodes.items() if n.get("label")})
+    return found
+
+
+def _naming_section(naming: Any) -> str:
+    """Named concepts: every probe's namings with their held-out check, and the probes that named nothing."""
+    if not isinstance(naming, dict):
+        return ""
+    rows = [[probe, m.get("node"), _fmt(m.get("score")), _fmt(m.get("heldout_score"))]
+            for probe, found in (naming.get("matches") or {}).items() for m in found]
+    params = naming.get("params") or {}
+    html = ('<h3 id="naming">Named concepts (probe sets)</h3><p class=hint>A probe set names the concepts its images '
+            f'decompose onto (score ≥ {_fmt(params.get("min_score"))}), checked on held-out probe images '
+            f'(fraction {_fmt(params.get("holdout"))}): the held-out score must reach the same bound.</p>')
+    html += (_table(["probe", "concept", "score", "held-out score"], rows) if rows
+             else "<p>No probe named a concept.</p>")
+    unmatched = naming.get("unmatched") or []
+    if unmatched:
+        best = {p: ((naming.get("probes") or {}).get(p) or {}).get("best") or {} for p in unmatched}
+        items = "".join(f"<li><b>{escape(p)}</b>" + (f" (best: {escape(str(b.get('node')))}, score "
+                                                    f"{_fmt(b.get('score'))})" if b else "") + "</li>"
+                        for p, b in best.items())
+        html += f'<p class="fail" id="unmatched">Unmatched probes: they named no concept.</p><ul>{items}</ul>'
+    return html
+
+
+def _explanations_section(explanations: Sequence[dict] | None) -> str:
+    """Per explained image: its prediction, then per segment the concepts that carried the class (overlay,
+    attribution, coefficient) and the segment's completeness."""
+    if not explanations:
+        return ""
+    parts = ['<section id="explanations"><h2>Image explanations</h2><p class=hint>Why one image was classified as '
+             'it was: GIG along the image’s own path. Per layer, the concepts that carried the class into the next '
+             'layer (at the last layer: into the class), each with its iERF overlay (the input region that drives it, '
+             'outlined in yellow), its attribution and its coefficient in the image. Completeness compares the sum of '
+             'the attributions with the change of the target.</p>']
+    for i, explanation in enumerate(explanations):
+        try:
+            parts.append(_explanation_html(explanation))
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"explanations[{i}] is not an explanation dict (gigaudit.explanations): "
+                             f"missing or malformed {exc}") from None
+    return "".join(parts) + "</section>"
+
+
+def _explanation_html(e: dict) -> str:
+    def name(which: str) -> str:
+        label = e.get(f"{which}_label")
+        return f"{label} ({e[f'{which}_class']})" if label else f"class {e[f'{which}_class']}"
+
+    p = e["probabilities"]
+    html = [f'<article class="explanation"><h3>{escape(str(e.get("image") or "image"))}: predicted '
+            f'{escape(name("predicted"))} (p = {p[e["predicted_class"]]:.3f}), explaining {escape(name("target"))} '
+            f'(p = {p[e["target_class"]]:.3f})</h3>']
+    for layer in e["layers"]:
+        pair = f'{layer["source"]}->{layer["target"]}'
+        figures = (e.get("completeness") or {}).get(pair) or {}
+        rows = []
+        for c in layer["contributions"]:
+            overlay = c.get("ierf_overlay") or b""
+            image = (f'<img src="data:image/webp;base64,{base64.b64encode(overlay).decode()}" width=96 height=96 '
+                     f'alt="iERF of {escape(c["node_id"])}">' if isinstance(overlay, bytes) and overlay else "–")
+            concept = escape(c["node_id"]) + (f" <b>{escape(str(c['label']))}</b>" if c.get("label") else "")
+            rows.append(f"<tr><td>{image}</td><td>{concept}</td><td>{_fmt(float(c['attribution']))}</td>"
+                        f"<td>{_fmt(float(c['coefficient']))}</td></tr>")
+        html.append(f'<h4>{escape(layer["source"])} → {escape(layer["target"])}</h4><p class=hint>completeness: sum '
+                    f'{_fmt(figures.get("attribution_sum"))} vs change {_fmt(figures.get("target_difference"))} '
+                    f'(relative error {_fmt(figures.get("relative"))})</p><table class="explanation-table"><thead>'
+                    f'<tr><th>iERF</th><th>concept</th><th>attribution</th><th>coefficient</th></tr></thead>'
+                    f'<tbody>{"".join(rows)}</tbody></table>')
+    return "".join(html) + "</article>"
 
 
 def _fmt(value: Any) -> str:

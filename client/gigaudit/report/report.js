@@ -46,7 +46,10 @@
     return node;
   }
 
-  function label(n) { return n.kind === "class" ? n.label : n.id.split(":").pop(); }
+  function label(n) {
+    if (n.kind === "class") return n.label;
+    return n.name ? `${n.id.split(":").pop()} ${n.name}` : n.id.split(":").pop();
+  }
 
   function thumb(id) {
     const shots = data.gallery[id] || [];
@@ -149,7 +152,7 @@
       el("text", { x: NODE + 4, y: 14, class: "label" }, g).textContent =
         fitted(label(n), LABEL_FONT, p.width - NODE - PAD);
       el("text", { x: NODE + 4, y: 28 }, g).textContent = "f=" + (+n.frequency).toFixed(2);
-      el("title", {}, g).textContent = `${n.label}  frequency ${(+n.frequency).toFixed(3)}  relevance ${n.relevance}`;
+      el("title", {}, g).textContent = `${n.label}${n.name ? " " + n.name : ""}  frequency ${(+n.frequency).toFixed(3)}  relevance ${n.relevance}`;
       g.addEventListener("click", () => select(id));
     }
     const first = view.found.size ? svg.querySelector(".node.found") : null;
@@ -224,7 +227,8 @@
     state.selected = id;
     const n = byId.get(id);
     document.getElementById("details").hidden = false;
-    document.getElementById("details-title").textContent = n.label + (n.kind === "class" ? " (class)" : "");
+    document.getElementById("details-title").textContent = n.label + (n.kind === "class" ? " (class)" : "") +
+      (n.name ? ` — ${n.name} (name score ${(+n.name_score).toFixed(2)})` : "");
     document.getElementById("details-facts").textContent =
       `layer ${n.layer} · count ${n.count} · frequency ${(+n.frequency).toFixed(3)}` +
       (n.mean_coefficient != null ? ` · mean coefficient ${(+n.mean_coefficient).toPrecision(3)}` : "") +

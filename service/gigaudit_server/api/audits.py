@@ -5,17 +5,22 @@ so the defaults of the ``gig`` core apply; the API states none of its own.
 """
 from __future__ import annotations
 
+import io
+import zipfile
+
 from google.protobuf import empty_pb2
 
 from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit_server.api import errors, lifecycle, names, operations, ownership, resources
 from gigaudit_server.queue import schemas
-from gigaudit_server.storage import exemplars, settlement
+from gigaudit_server.storage import archives, exemplars, settlement
 
 MAX_CONCEPTS = 65_536
 MAX_SHARDS = 64
 MAX_RENDER_CONCEPTS = 1024
+MAX_EXPLAIN_IMAGE_BYTES = 16 * 1024**2
+MAX_EXPLAIN_TOP_K = 64
 _MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256")
 _DATASET_FIELDS = ("name", "sha256", "format", "n_images", "class_names", "uri")
 
@@ -89,10 +94,13 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         del values["method"]
         fields = {**_prefixed("concept_options", concept_options), **_prefixed("graph_options", graph_options),
                   "clustering": "concept_options.method", "quadrature": "graph_options.method"}
+        probes_id, probes = self._probes(request.probes)
         params = _job(schemas.Audit, fields, model=_model_params(model), dataset=dataset, layers=layers,
-                      concept_set=set_name, concept_graph=graph_name, **values)
+                      concept_set=set_name, concept_graph=graph_name, probes=probes, **values)
         concept_options = {k: v for k, v in concept_options.items() if v is not None}
         uses = [("models", model_id), ("datasets", dataset_id)]
+        if probes_id and probes_id != dataset_id:
+            uses.append(("datasets", probes_id))
         created = [
             ("conceptSets", f"{model_id}/{audit_id}", {"name": set_name, "dataset": request.dataset, "layers": layers,
                                                        "options": concept_options}, uses),
@@ -186,6 +194,39 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
             on_submitted=lambda job: settlement.add_render_operation(self.backend, model_id, set_id, job.id))
 
     @errors.handle_errors
+    def ExplainImage(self, request, context):
+        """Queue an ``explain_image`` job: one image explained with an ACTIVE concept graph the caller may see. The
+        image is checked here (size, decodable) and stored as a one-image archive, which the worker reads through
+        the same dataset checks; nothing is created."""
+        model_id, graph_id = names.concept_graph("concept_graph", request.concept_graph)
+        record = self._concept_graph(model_id, graph_id, request.concept_graph)
+        if record["state"] != "ACTIVE":
+            raise errors.failed_precondition(request.concept_graph, f"the concept graph is {record['state']}, not "
+                                                                    "ACTIVE")
+        if not 0 <= request.top_k <= MAX_EXPLAIN_TOP_K:
+            raise errors.invalid_argument({"top_k": f"must be between 0 (default: 5) and {MAX_EXPLAIN_TOP_K}"})
+        _, model = self._model(f"models/{model_id}")
+        target = None if request.explain_predicted or request.target_class == -1 else request.target_class
+        if target is not None and not 0 <= target < model["num_classes"]:
+            raise errors.invalid_argument({"target_class": f"must be a class of the model, 0.."
+                                                           f"{model['num_classes'] - 1}, or -1 (or explain_predicted) "
+                                                           "for the predicted class"})
+        archive = _image_archive(request.image)
+        set_model, set_id = names.concept_set("concept_set", record["concept_set"])
+        try:
+            concept_set = settlement.concept_set(self.backend, set_model, set_id)
+        except KeyError:
+            raise errors.failed_precondition(request.concept_graph, "its concept set was deleted") from None
+        params = _job(schemas.ExplainImage, {"target_class": "target_class", "top_k": "top_k"},
+                      model=_model_params(model), concept_graph=request.concept_graph, graph_sha=record["graph_sha"],
+                      concept_set_sha=concept_set["concept_set_sha"],
+                      image_sha=self.backend.store.put_bytes("datasets", archive), target_class=target,
+                      top_k=request.top_k or None)
+        return lifecycle.start(self.backend, _method("ExplainImage"), request, "explain_image", params, [],
+                               [("models", model_id), ("conceptSets", f"{set_model}/{set_id}"),
+                                ("conceptGraphs", f"{model_id}/{graph_id}")])
+
+    @errors.handle_errors
     def WatchOperation(self, request, context):
         yield from operations.watch(self.backend, request.name)
 
@@ -209,6 +250,21 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         except KeyError:
             raise errors.not_found("dataset", name) from None
         return dataset_id, {k: record[k] for k in _DATASET_FIELDS if k in record}
+
+    def _probes(self, name: str) -> tuple[str, dict | None]:
+        """The probe dataset of an audit (``("", None)`` when none is named): visible, one folder per concept."""
+        if not name:
+            return "", None
+        probes_id = names.dataset("probes", name)
+        try:
+            record = self.backend.catalog.get("datasets", probes_id)
+        except KeyError:
+            raise errors.not_found("dataset", name) from None
+        ownership.check(record.get("owner", ""), "dataset", name)
+        if not record.get("class_names"):
+            raise errors.invalid_argument({"probes": f"{name} holds loose images; a probe dataset holds one folder "
+                                                     "per named concept (name/image.png, masks in name/masks/)"})
+        return probes_id, {k: record[k] for k in _DATASET_FIELDS if k in record}
 
     def _concept_set(self, model_id: str, set_id: str, name: str) -> dict:
         try:
@@ -260,6 +316,25 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         if len(set(layers)) != len(layers):
             raise errors.invalid_argument({"layers": "names a layer twice"})
         return layers
+
+
+def _image_archive(image: bytes) -> bytes:
+    """The request's image as a one-image zip (the worker reads it like a dataset); INVALID_ARGUMENT for an empty,
+    oversized or undecodable image."""
+    if not image:
+        raise errors.invalid_argument({"image": "is empty: send the bytes of a PNG, JPEG, BMP or WebP image"})
+    if len(image) > MAX_EXPLAIN_IMAGE_BYTES:
+        raise errors.invalid_argument({"image": f"is {len(image)} bytes; at most {MAX_EXPLAIN_IMAGE_BYTES} "
+                                                "(16 MiB)"})
+    try:
+        decoded = archives.decode_image("image", image, archives.DatasetLimits())
+    except ValueError as exc:
+        raise errors.invalid_argument({"image": f"cannot be read as PNG, JPEG, BMP or WebP: {exc}"}) from None
+    suffix = {"JPEG": "jpg"}.get(decoded.format, (decoded.format or "png").lower())
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(zipfile.ZipInfo(f"image.{suffix}", (1980, 1, 1, 0, 0, 0)), image)  # same image, same bytes
+    return out.getvalue()
 
 
 def _why_not_analysable(layer: dict | None) -> str:

@@ -11,7 +11,7 @@ from gigaudit.v1 import model_service_pb2 as model_pb
 from gigaudit.v1 import resource_state_pb2 as state_pb
 from gigaudit_server.queue.jobs import Job
 from gigaudit_server.storage import catalog as catalog_lib
-from gigaudit_server.storage import settlement
+from gigaudit_server.storage import exemplars, settlement
 
 MAX_GRAPH_PAGE = 10_000
 _STATES = {"CREATING": state_pb.RESOURCE_STATE_CREATING, "ACTIVE": state_pb.RESOURCE_STATE_ACTIVE,
@@ -124,7 +124,26 @@ def operation_response(backend, job: Job):
             evidence=to_struct(job.result.get("evidence")))
     if job.kind == "validate_model":
         return model_message(settlement.model(backend, params["model_id"]))
+    if job.kind == "explain_image":
+        return image_explanation_message(job.result, backend.store.read("exemplars", job.result["overlays_sha"]))
     return empty_pb2.Empty()
+
+
+def image_explanation_message(result: dict, overlays: bytes) -> audit_pb.ImageExplanation:
+    """``ImageExplanation`` from an ``explain_image`` result and its overlay bundle (one iERF view per concept)."""
+    explanation = result["explanation"]
+    message = audit_pb.ImageExplanation(
+        predicted_class=explanation["predicted_class"], predicted_label=explanation.get("predicted_label") or "",
+        target_class=explanation["target_class"], probabilities=explanation["probabilities"],
+        completeness=to_struct(explanation["completeness"]))
+    for segment in explanation["layers"]:
+        layer = message.layers.add(source=segment["source"], target=segment["target"])
+        for c in segment["contributions"]:
+            shots = exemplars.read_exemplars(overlays, c["layer"], c["concept"], 1)
+            layer.contributions.add(node_id=c["node"], concept=c["concept"], label=c.get("label") or "",
+                                    attribution=c["attribution"], coefficient=c["coefficient"],
+                                    ierf_overlay=shots[0]["ierf_png"] if shots else b"")
+    return message
 
 
 def _ids(name: str) -> tuple[str, str]:

@@ -122,6 +122,8 @@ class Audit(_Job):
     path: str | None = GraphOptions.model_fields["path"]
     metrics: list[str] | None = Field(None, min_length=1, description="evaluation metrics")
     evaluation_images: int | None = Field(None, ge=1, le=100_000, description="images evaluated")
+    probes: DatasetSpec | None = Field(None, description="probe images naming concepts: a folder per name, "
+                                                         "optional masks in NAME/masks/; unset: concepts unnamed")
 
 
 class RenderExemplars(_Job):
@@ -143,6 +145,18 @@ class RenderExemplars(_Job):
         return concepts
 
 
+class ExplainImage(_Job):
+    """Explain one image with a concept graph (``gig.explain``): the concepts that carried its class, iERF overlays."""
+    kind: ClassVar[str] = "explain_image"
+    model: ModelSpec
+    concept_graph: ResourceName
+    graph_sha: Sha256
+    concept_set_sha: Sha256
+    image_sha: Sha256 = Field(description="sha256 of the one-image archive (a datasets artifact) holding the image")
+    target_class: int | None = Field(None, ge=0, description="class to explain (gig's default: the predicted one)")
+    top_k: int | None = Field(None, ge=1, le=64, description="concepts kept per layer")
+
+
 class ListLayers(_Job):
     """List the layers of an architecture built with random weights (ListLayers without a model)."""
     kind: ClassVar[str] = "list_layers"
@@ -157,7 +171,7 @@ class Noop(_Job):
 
 
 KINDS: dict[str, type[_Job]] = {cls.kind: cls for cls in (ValidateModel, ExtractConcepts, BuildGraph, Audit,
-                                                          RenderExemplars, ListLayers, Noop)}
+                                                          RenderExemplars, ExplainImage, ListLayers, Noop)}
 
 
 def to_params(job: _Job) -> dict:

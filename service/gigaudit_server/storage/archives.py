@@ -1,7 +1,9 @@
 """Image datasets as tar (optionally gz/bz2/xz) or zip archives, read in one sequential pass with bounded memory.
 
 Layout: ``class_name/image.png`` members (ImageFolder style, classes sorted by name) or ``image.png`` members
-(flat, unlabelled). An image's id is its index among the image members in archive order, so every pass reads
+(flat, unlabelled). A labelled archive may hold masks in ``class_name/masks/image.png`` (probe sets: where the
+named concept is, same file name as its image); masks are no images: they are checked like images, but not
+counted, and :meth:`Archive.images` yields them only when asked (``masks=True``). An image's id is its index among the image members in archive order, so every pass reads
 the archive sequentially (cheap for compressed tars too).
 
 :func:`inspect_archive` is torch-free (the API calls it on upload); it refuses anything unsafe with a
@@ -78,6 +80,7 @@ class DatasetInfo:
     class_names: list[str] = field(default_factory=list)  # [] for a flat, unlabelled dataset
     total_bytes: int = 0  # uncompressed size of the images
     image_sizes: dict[str, int] = field(default_factory=dict)  # see ImageSizeStats.summary; {} when not measured
+    n_masks: int = 0  # class_name/masks/ members (probe sets)
 
 
 class ImageSizeStats:
@@ -116,11 +119,13 @@ def inspect_archive(fileobj: IO[bytes], limits: DatasetLimits = DatasetLimits())
     decoded); ``ValueError`` names the offending member."""
     sizes = ImageSizeStats()
     with Archive(fileobj, limits) as archive:
-        for member in archive.images():
+        for member in archive.images(masks=True):
             image = decode_image(member.name, member.load(), limits)
-            sizes.add(image.height, image.width)
+            if not member.mask:
+                sizes.add(image.height, image.width)
         info = archive.info()
-    return DatasetInfo(info.format, info.n_images, info.class_names, info.total_bytes, sizes.summary())
+    return DatasetInfo(info.format, info.n_images, info.class_names, info.total_bytes, sizes.summary(),
+                       info.n_masks)
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,7 @@ class Member:
     size: int  # declared, uncompressed
     _open: Callable[[], IO[bytes]]
     _format: str
+    mask: bool = False  # a class_name/masks/ member (yielded only by images(masks=True))
 
     def load(self) -> io.BytesIO:
         """The member's bytes, read in bounded chunks (only while the pass is at this member)."""
@@ -166,7 +172,7 @@ class Archive:
             self._source.seek(0)
             self.format, self._zip = "tar", None
         self.class_names: list[str] = []
-        self.n_images = self.total_bytes = 0
+        self.n_images = self.total_bytes = self.n_masks = 0
         self._complete = False
 
     def __enter__(self):
@@ -180,11 +186,14 @@ class Archive:
         """What a complete pass of :meth:`images` found."""
         if not self._complete:
             raise RuntimeError("Archive.info() needs a complete pass of images() first")
-        return DatasetInfo(self.format, self.n_images, self.class_names, self.total_bytes)
+        return DatasetInfo(self.format, self.n_images, self.class_names, self.total_bytes, n_masks=self.n_masks)
 
-    def images(self) -> Iterator[Member]:
-        """The image members in archive order, each checked before it is yielded; ``ValueError`` names a bad one."""
-        members, expanded, images, depth, classes = 0, 0, 0, None, set()
+    def images(self, masks: bool = False) -> Iterator[Member]:
+        """The image members in archive order, each checked before it is yielded; ``ValueError`` names a bad one.
+
+        ``masks``: also yield the ``class_name/masks/`` members (``Member.mask``), checked alike; else they are
+        passed over (a probe set then reads as an ordinary labelled dataset)."""
+        members, expanded, images, depth, classes, n_masks = 0, 0, 0, None, set(), 0
         self.total_bytes, self._complete = 0, False
         raw_members = self._zip_members() if self._zip else self._tar_members()
         for raw_name, kind, size, opener in raw_members:
@@ -205,9 +214,22 @@ class Archive:
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 raise ValueError(f"member {raw_name!r} is not an image; accepted: {', '.join(IMAGE_EXTENSIONS)}")
             parts = name.count("/") + 1
+            if parts == 3 and name.split("/")[1] == "masks" and depth != 1:  # a probe set's mask
+                if size > self.limits.max_image_bytes:
+                    raise ValueError(f"mask {raw_name!r} declares {size} bytes, more than the limit of "
+                                     f"{self.limits.max_image_bytes} bytes per image (decompression bomb?)")
+                n_masks += 1
+                if n_masks > self.limits.max_images:
+                    raise LimitExceeded(f"archive holds more than {self.limits.max_images} masks (at member "
+                                        f"{raw_name!r})")
+                self.total_bytes += size
+                if masks:
+                    yield Member(name, size, opener, self.format, mask=True)
+                continue
             if parts > 2 or (depth is not None and parts != depth):
                 raise ValueError(f"member {raw_name!r} breaks the layout: use class_name/image.png for every image "
-                                 "(labelled) or image.png for every image (unlabelled)")
+                                 "(labelled; masks of a probe set in class_name/masks/image.png) or image.png for "
+                                 "every image (unlabelled)")
             depth = parts
             if size > self.limits.max_image_bytes:
                 raise ValueError(f"image {raw_name!r} declares {size} bytes, more than the limit of "
@@ -221,7 +243,9 @@ class Archive:
             yield Member(name, size, opener, self.format)
         if not images:
             raise ValueError(f"archive holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        self.n_images, self.class_names, self._complete = images, sorted(classes), True
+        if n_masks and depth == 1:
+            raise ValueError("masks (class_name/masks/image.png) need a labelled archive (class_name/image.png)")
+        self.n_images, self.class_names, self.n_masks, self._complete = images, sorted(classes), n_masks, True
 
     # ------------------------------------------------------------------ formats
     def _tar_members(self):

@@ -2,9 +2,9 @@
 
 Kinds: ``validate_model``, ``extract_concepts``, ``build_graph`` (sharded; the reducer ``reduce_graph`` merges the
 partial graphs), ``audit`` (extraction, graph and evaluation in one job), ``render_exemplars`` (PNGs of chosen
-concepts, on demand) and ``noop``. The API copies the model and dataset records into the params, so a worker needs
-no catalog. Every handler calls the ``gig`` core; gig's ``progress`` callbacks go to ``JobContext.progress``,
-which also stops a cancelled job between batches (or sub-steps).
+concepts, on demand), ``explain_image`` (one image, ``gig.explain``) and ``noop``. The API copies the model and
+dataset records into the params, so a worker needs no catalog. Every handler calls the ``gig`` core; gig's
+``progress`` callbacks go to ``JobContext.progress``, which also stops a cancelled job between batches (or sub-steps).
 
 Progress units, known at each stage's start (``total``), so that a client can show an ETA: ``sample`` batches,
 ``cluster`` layers, ``decompose`` images × layers (moving with every chunk of Lasso rows), ``graph`` images ×
@@ -39,6 +39,7 @@ import gig
 from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
 from gig.layers import traced
+from gig.naming import label_graph, name_concepts
 from gigaudit.results import ConceptGraph as GraphView
 from gigaudit_server.queue import schemas
 from gigaudit_server.queue.jobs import Job, JobContext
@@ -47,6 +48,7 @@ from gigaudit_server.storage.artifacts import ArtifactStore
 from gigaudit_server.worker.architectures import build_architecture
 from gigaudit_server.worker.images import ArchiveImages
 from gigaudit_server.worker.models import ModelCache
+from gigaudit_server.worker.probe_sets import load_probe_sets, negative_indices, raw_shape
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class Tasks:
         """Handlers by job kind; each first checks the job's parameters against its schema (``queue.schemas``)."""
         handlers = {"validate_model": self.validate_model, "extract_concepts": self.extract_concepts,
                     "build_graph": self.build_graph, "audit": self.audit, "render_exemplars": self.render_exemplars,
+                    "explain_image": self.explain_image,
                     "list_layers": self.list_layers, "noop": self.noop}
         return {kind: _checked_params(kind, handler) for kind, handler in handlers.items()}
 
@@ -164,7 +167,11 @@ class Tasks:
         Params are those of both jobs, with ``clustering`` and ``quadrature`` naming the two methods; optional
         ``metrics`` and ``evaluation_images`` (gig.evaluate's ``metrics`` and ``max_images``). The evaluation uses
         the graph's own quadrature (``steps``, ``method``, ``top_t`` as the graph recorded them). The result's
-        ``seconds`` gives the wall-clock time of each stage (extract, graph, exemplars, evaluate).
+        ``seconds`` gives the wall-clock time of each stage (extract, graph, exemplars, evaluate, naming).
+
+        With ``probes`` (a probe dataset, ``worker.probe_sets``), ``gig.naming.name_concepts`` names the concepts
+        (negatives: a spread of the audit images) and the stored graph carries the names (``label``,
+        ``label_score``) and ``evidence["naming"]``.
         """
         params = ctx.job.params
         model = self.models.get(params["model"], self.device)
@@ -172,6 +179,7 @@ class Tasks:
         clock = _StageClock()
         saved = ctx.checkpoint or {}
         with self._dataset(params) as data:
+            probes, negatives = self._probe_sets(params, data)  # bad probes fail before any work is done
             concepts, result = self._checkpointed_concepts(saved)
             if concepts is None:
                 saved = {}
@@ -200,9 +208,16 @@ class Tasks:
                 evaluated = gig.evaluate(model, data, concepts, graph, progress=fine_progress(ctx.progress),
                                          **evaluation)
                 graph.evidence[SCOPE_KEY] = evaluation_scope(model, data, evaluated["images"], self.device)
-        graph_result = self._graph_result(graph)  # gig.evaluate put the evidence into the graph
-        return {**result, "graph_sha": graph_result["graph_sha"], "n_images": graph_result["n_images"],
-                "evidence": graph.to_dict()["evidence"], "seconds": clock.seconds}
+            stored = graph.to_dict()  # gig.evaluate put the evidence into the graph
+            if probes:
+                with clock("naming"):
+                    ctx.progress("naming", 0, 1)
+                    naming = name_concepts(model, concepts, probes, negatives, layers=params.get("layers") or None,
+                                           seed=params.get("seed") or 0, device=self.device)
+                    stored = label_graph(stored, naming)  # labels on the nodes, evidence["naming"]
+                    ctx.progress("naming", 1, 1)
+        return {**result, "graph_sha": self._put_json("graphs", stored), "n_images": stored["n_images"],
+                "evidence": stored["evidence"], "seconds": clock.seconds}
 
     def render_exemplars(self, ctx: JobContext) -> dict:
         """PNGs of the exemplars of ``params["concepts"]`` of ``params["layer"]`` that the bundle
@@ -228,6 +243,39 @@ class Tasks:
                                               exemplars.read_bundle(bundle))
         return self._put_exemplars(rendered)
 
+    def explain_image(self, ctx: JobContext) -> dict:
+        """``gig.explain`` of one image in the terms of a concept graph (its layers, quadrature, class names and
+        labels). The image comes as a one-image archive (``image_sha``, a datasets artifact), read through the
+        dataset checks and preprocessed as the model's record says, like every dataset image. The result holds the
+        explanation's numbers; the iERF overlays (WebP) of the concepts kept are an exemplar bundle
+        (``overlays_sha``: per source layer and concept, one exemplar at the concept's strongest position)."""
+        params, record = ctx.job.params, ctx.job.params["model"]
+        ctx.progress("explain", 0, 2)
+        model = self.models.get(record, self.device)
+        concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
+        graph = json.loads(self.store.read("graphs", params["graph_sha"]))
+        with self._dataset_path(params["image_sha"]) as path:
+            images = ArchiveImages(path, _size(record), record.get("mean") or [0.0] * 3, record.get("std") or [1.0] * 3,
+                                   batch_size=1)
+            if len(images.names) != 1:
+                raise ValueError(f"the image archive holds {len(images.names)} images, not one")
+            image = images.select([0])[0].to(self.device)
+        ctx.progress("explain", 1, 2)
+        options = {"target": params.get("target_class"), **_options(params, ("top_k",))}
+        explanation = gig.explain(model, image, concepts, graph, class_names=_class_names(params) or None,
+                                  **options)
+        picture = ((image.cpu() * torch.tensor(images.std).view(3, 1, 1) + torch.tensor(images.mean).view(3, 1, 1))
+                   .clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        overlays = {layer: [[] for _ in range(lc.n_concepts)] for layer, lc in concepts.layers.items()}
+        for segment in explanation["segments"]:
+            for c in segment["contributions"]:
+                overlays[c["layer"]][c["concept"]] = [{
+                    "image": 0, "image_name": "image", "position": c["position"], "coefficient": c["coefficient"],
+                    "ierf_png": exemplars.ierf_png(picture, c["ierf"], size=EXPLANATION_OVERLAY_PX)}]
+        overlays_sha = self.store.put_bytes("exemplars", exemplars.write_bundle(overlays))
+        ctx.progress("explain", 2, 2)
+        return {"explanation": explanation_summary(explanation), "overlays_sha": overlays_sha}
+
     def noop(self, ctx: JobContext) -> dict:
         """Sleep ``params["sleep"]`` seconds in tenths, reporting progress (and honouring cancellation)."""
         ticks = round(10 * float(ctx.job.params.get("sleep", 0.0)))
@@ -238,6 +286,17 @@ class Tasks:
         return {}
 
     # ------------------------------------------------------------------ steps
+    def _probe_sets(self, params: Mapping, data: ArchiveImages):
+        """``(probe sets, negatives)`` of an audit's ``probes`` dataset (``([], None)`` without one): the probes
+        checked against and preprocessed like the audit images, the negatives a spread of those images."""
+        if not params.get("probes"):
+            return [], None
+        chosen = negative_indices(len(data.names))
+        reference = raw_shape(data.path, chosen, data.limits)
+        with self._dataset_path(params["probes"]["sha256"]) as path:
+            probes = load_probe_sets(path, params["model"], reference, data.limits)
+        return probes, data.select(chosen)
+
     @contextlib.contextmanager
     def _dataset(self, params: Mapping, start: int = 0, stop: int | None = None):
         """Images ``[start, stop)`` of the job's dataset as streamed batches, labelled with the model's classes."""
@@ -439,6 +498,26 @@ def evaluation_scope(model, data, n_evaluated: int, device) -> dict:
             "predicted_class_entropy": round(float(-(share * share.log()).sum()), 6),
             "predicted_class_entropy_max": round(math.log(max(1, min(int(logits.shape[0]), num_classes))), 6),
             "predicted_classes": counts.tolist()}
+
+
+#: Pixels on the longer side of an explanation's iERF overlays (exemplar views are 96 px).
+EXPLANATION_OVERLAY_PX = 160
+
+
+def explanation_summary(explanation: dict) -> dict:
+    """The JSON result of ``explain_image``: ``gig.explain``'s record without the iERF maps and the per-target
+    matrices (the overlays carry the maps; the API builds ``ImageExplanation`` from this)."""
+    keep = ("node", "layer", "concept", "label", "attribution", "share", "coefficient", "position")
+    return {
+        **{k: explanation[k] for k in ("predicted_class", "predicted_label", "target_class", "target_label",
+                                       "probabilities", "params")},
+        "layers": [{"source": s["source"], "target": s["target"], "targets": s["targets"], "residual": s["residual"],
+                    "contributions": [{k: c[k] for k in keep} for c in s["contributions"]]}
+                   for s in explanation["segments"]],
+        "completeness": {f"{s['source']}->{s['target']}": {**s["completeness"], "steps": s["steps"],
+                                                            "method": s["method"], "converged": s["converged"]}
+                         for s in explanation["segments"]},
+    }
 
 
 def layer_listing(model) -> dict:
