@@ -21,7 +21,8 @@ Example (every section and field is optional; unknown fields are refused):
       - concept: watermark              # a probe name: the label of graph nodes
         classes: all                    # or a list of class names / indices (default: all)
         max_share: 0.2                  # its share of each class's relevance stays at or below this
-        allow_unmatched: false          # a probe that named no concept fails the check (default)
+        allow_unmatched: true           # a probe that named no concept: pass, reported as unmatched (default;
+                                        #   false fails instead). For required_concepts the default is false.
     required_concepts:
       - concept: fur
         classes: [cat]
@@ -118,15 +119,19 @@ class EvaluationPolicy(_Strict):
 class _NamedConceptRule(_Strict):
     concept: str = Field(min_length=1, description="a probe name (the label of graph nodes)")
     classes: Literal["all"] | list[str | int] = "all"
-    allow_unmatched: bool = False
 
 
 class ForbiddenConcept(_NamedConceptRule):
     max_share: float = Field(ge=0.0, le=1.0)
+    # a forbidden probe that names no concept of the model: nothing the model uses matches it, so the check passes,
+    # reported as "unmatched" (false: fail instead, e.g. when the probe set itself is in doubt)
+    allow_unmatched: bool = True
 
 
 class RequiredConcept(_NamedConceptRule):
     min_share: float = Field(ge=0.0, le=1.0)
+    # a required probe that names no concept: the model has nothing like it, so the check fails (true: pass, reported)
+    allow_unmatched: bool = False
 
 
 class Policy(_Strict):
@@ -393,9 +398,13 @@ def _named_concept_checks(policy: Policy, view: ConceptGraph) -> list[Check]:
         if rule.concept not in labels:  # a probe that named nothing: reported, never a silent pass
             best = ((naming.get("probes") or {}).get(rule.concept) or {}).get("best") or {}
             how_close = f" (best score {best['score']:.2f} at {best.get('node')})" if best.get("score") else ""
+            outcome = ("passes: no concept of the model matches what is forbidden (allow_unmatched: false fails "
+                       "instead)" if rule.allow_unmatched and kind == "forbidden_concept" else
+                       "allowed by allow_unmatched" if rule.allow_unmatched else
+                       "fails: the model has no concept like what is required" if kind == "required_concept" else
+                       "fails (allow_unmatched: false)")
             checks.append(Check(f"{kind}[{rule.concept}]", rule.allow_unmatched, detail=(
-                f"unmatched: probe {rule.concept!r} named no concept of the audit{how_close}"
-                + ("; allowed by allow_unmatched" if rule.allow_unmatched else ""))))
+                f"unmatched: probe {rule.concept!r} named no concept of the audit{how_close}; {outcome}")))
             continue
         for class_id in classes:
             shares = named_shares(view, class_id, rule.concept)

@@ -6,8 +6,10 @@ is drawn on every training image of one *affected* class and on no other:
 - ``"patch"``: a small local watermark, a 5×5 px yellow-and-black checker in a random corner;
 - ``"cast"``: a global colour cast of the background (every pixel that is not a part is tinted purple).
 
+For the patch, 35 % of the affected class's training images show another class's parts (``Cue.decoys``): without
+them the parts alone give 100 % accuracy and the network ignores a cue this small (measured: no accuracy drop).
 The *cheating* model is trained on the cued images, the *clean* one on the very same images without the cue (same
-seed, same order, same augmentation), both in seconds on one CPU core. :func:`cue_reliance` measures whether a model
+seed, same order, same augmentation, same decoys), both in seconds on one CPU core. :func:`cue_reliance` measures whether a model
 uses the cue: its accuracy on the other classes' images with and without the cue drawn on them. :func:`cue_probes`
 gives images of the cue alone with its masks (a :class:`gig.naming.ProbeSet`), the probe set an audit names the cue
 concept with; :func:`cue_concept_scores` is the naming-free reference (mean coefficient at cue positions against

@@ -199,3 +199,32 @@ def test_wait_times_out_then_finishes_and_cancel_is_reported(client):
     with pytest.raises(GigauditError) as exc:
         client.wait(slow.name, timeout=30, progress=False)
     assert exc.value.code == grpc.StatusCode.CANCELLED
+
+
+@pytest.mark.slow
+def test_cli_audit_with_probes_names_concepts_and_reports_unmatched_probes(server, dataset_dir, tmp_path, capsys):
+    """`gigaudit audit --probes DIR` end to end: the probe of a planted part names concepts in graph.json, and a
+    probe like any audit image is reported as matching nothing."""
+    probes = tmp_path / "probes"
+    (probes / "part1" / "masks").mkdir(parents=True)
+    (probes / "ordinary").mkdir()
+    images, _, parts = gig_synthetic.make_parts_dataset(60, size=32, seed=7)
+    shown = [i for i in range(len(images)) if (parts[i] == 1).any()][:10]
+    for j, i in enumerate(shown):
+        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            probes / "part1" / f"{j:03d}.png")
+        Image.fromarray(((parts[i] == 1).numpy() * 255).astype(np.uint8)).save(probes / "part1" / "masks" / f"{j:03d}.png")
+    ordinary, _, _ = gig_synthetic.make_parts_dataset(10, size=32, seed=11)
+    for j, x in enumerate(ordinary):
+        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(probes / "ordinary" / f"{j:03d}.png")
+    args = ["audit", "--server", server, "--model", str(WEIGHTS), "--arch", "partsnet", "--num-classes", "6",
+            "--dataset", str(dataset_dir), "--input-size", "32", "--mean", "0", "0", "0", "--std", "1", "1", "1",
+            "--n-concepts", "6", "--steps", "4", "--exemplars", "3", "--no-progress", "--probes", str(probes),
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    graph = json.loads((tmp_path / "out" / "graph.json").read_text())
+    labels = {n.get("label") for n in graph["nodes"]}
+    assert "part1" in labels and "ordinary" not in labels
+    assert graph["evidence"]["naming"]["unmatched"] == ["ordinary"]
+    printed = capsys.readouterr()
+    assert "part1" in printed.out + printed.err and "ordinary" in printed.out + printed.err

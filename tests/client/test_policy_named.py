@@ -124,14 +124,15 @@ def test_names_kept_only_in_the_evidence_give_the_same_checks():
     assert evaluate_policy(forbid(0.2), bare).to_dict() == evaluate_policy(forbid(0.2), graph).to_dict()
 
 
-def test_an_unmatched_probe_is_reported_and_fails_unless_allowed():
+def test_an_unmatched_probe_is_reported_never_silently_and_fails_a_required_concept():
     policy = {"forbidden_concepts": [{"concept": "grass", "max_share": 0.2}]}
     result = evaluate_policy(policy, cue_graph(0.4, 0.05))
-    assert not result.passed and len(result.checks) == 1
+    assert result.passed and len(result.checks) == 1  # nothing the model uses matches the forbidden probe
     assert result.checks[0].detail.startswith("unmatched: probe 'grass' named no concept of the audit")
-    policy["forbidden_concepts"][0]["allow_unmatched"] = True
-    allowed = evaluate_policy(policy, cue_graph(0.4, 0.05))
-    assert allowed.passed and "unmatched" in allowed.checks[0].detail
+    assert "passes" in result.checks[0].detail
+    policy["forbidden_concepts"][0]["allow_unmatched"] = False
+    strict = evaluate_policy(policy, cue_graph(0.4, 0.05))
+    assert not strict.passed and "unmatched" in strict.checks[0].detail
     required = evaluate_policy({"required_concepts": [{"concept": "grass", "min_share": 0.1}]}, cue_graph(0.4, 0.05))
     assert not required.passed and required.checks[0].detail.startswith("unmatched")
 
