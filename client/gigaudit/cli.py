@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--probes", type=Path, default=None, help="probe sets that name concepts: a folder (or "
                        "tar/zip) with one folder of images per name, e.g. watermark/, optional masks in "
                        "watermark/masks/ (same file names); images of the dataset's size and mode")
+    audit.add_argument("--explain", nargs="+", type=Path, default=[], metavar="IMAGE",
+                       help="after the audit, explain these images (the concepts that carried each prediction) in "
+                       "the report")
     audit.add_argument("--layers", nargs="+", default=[], help="analysed layers (default: the model's default)")
     audit.add_argument("--class-names", nargs="+", default=[],
                        help="class names, index = class id (default: the dataset's class folders)")
@@ -246,8 +249,10 @@ def _run_audit(args, client: AuditClient, policy, reference) -> int:
         if probes:
             _print_naming(graph)
         exemplars = client.graph_exemplars(graph, result.concept_set.name, args.exemplars) if args.exemplars else {}
+        explained = [client.explain_image(result.concept_graph.name, image, timeout=_left(args))
+                     for image in getattr(args, "explain", [])]
     return _write_outputs(args.out, graph, policy, reference, exemplars, title=f"gigaudit: {model.name}",
-                          max_bytes=args.report_size)
+                          max_bytes=args.report_size, explanations=explained)
 
 
 def _register_model(args, client: AuditClient, progress: bool):
@@ -380,13 +385,14 @@ def _report(args) -> int:
 
 
 def _write_outputs(out: Path, graph: ConceptGraph, policy, reference, exemplars, title: str,
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+                   max_bytes: int = DEFAULT_MAX_BYTES, explanations=()) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(graph.to_json())
     result = evaluate_policy(policy, graph, reference) if policy else None
     if result is not None:
         (out / "policy.json").write_text(json.dumps(result.to_dict(), indent=2))
-    path = write_report(out, graph, exemplars=exemplars, policy=result, title=title, max_bytes=max_bytes)
+    path = write_report(out, graph, exemplars=exemplars, policy=result, title=title, max_bytes=max_bytes,
+                        explanations=list(explanations))
     print(f"gigaudit: report {path}", file=sys.stderr)
     if result is None:
         return EXIT_OK

@@ -220,8 +220,10 @@ def test_cli_audit_with_probes_names_concepts_and_reports_unmatched_probes(serve
     args = ["audit", "--server", server, "--model", str(WEIGHTS), "--arch", "partsnet", "--num-classes", "6",
             "--dataset", str(dataset_dir), "--input-size", "32", "--mean", "0", "0", "0", "--std", "1", "1", "1",
             "--n-concepts", "6", "--steps", "4", "--exemplars", "3", "--no-progress", "--probes", str(probes),
-            "--out", str(tmp_path / "out")]
+            "--out", str(tmp_path / "out"), "--explain", str(probes / "part1" / "000.png")]
     assert main(args) == 0
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert "Image explanations" in html and "000.png" in html  # the explained image is in the report
     graph = json.loads((tmp_path / "out" / "graph.json").read_text())
     labels = {n.get("label") for n in graph["nodes"]}
     assert "part1" in labels and "ordinary" not in labels
