@@ -167,3 +167,13 @@ def test_messages_over_the_configured_limit_are_refused(redis_client, redis_url,
                     grpc.StatusCode.RESOURCE_EXHAUSTED)
     finally:
         server.stop(0)
+
+
+def test_a_retried_upload_of_a_deleted_model_registers_it_again(models, channel, worker):
+    data = h.partsnet_bytes()
+    first = h.registered_model(channel, "again", data, request_id="up-1")
+    models.DeleteModel(model_pb.DeleteModelRequest(name="models/again"))
+    again = models.UploadModel(h.model_requests("again", data, request_id="up-1"))
+    assert again.name != first.operation, "not the old operation, whose model is gone"
+    h.wait_operation(channel, again.name)
+    assert models.GetModel(model_pb.GetModelRequest(name="models/again")).state == state_pb.RESOURCE_STATE_ACTIVE

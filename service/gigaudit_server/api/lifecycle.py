@@ -56,9 +56,18 @@ def start(backend, method: str, request, kind: str, params: dict, created: list[
             on_submitted(job)
         return job.id
 
-    return backend.idempotency.once(owner, method, request_id, idempotency.fingerprint(request), work,
-                                    lambda job_id: operations.to_operation(backend, operations.job_of(backend,
-                                                                                                      job_id)))
+    def replay(job_id: str):
+        """The first call's operation; when what it created was deleted since, the request runs anew."""
+        for collection, resource_id, _, _ in created:
+            try:
+                if backend.catalog.get(collection, resource_id).get("operation") == job_id:
+                    continue
+            except KeyError:
+                pass
+            raise idempotency.Gone(resource_id)
+        return operations.to_operation(backend, operations.job_of(backend, job_id))
+
+    return backend.idempotency.once(owner, method, request_id, idempotency.fingerprint(request), work, replay)
 
 
 def register_upload(backend, collection: str, resource_id: str, sha: str, store_chunks: Callable[[], int],

@@ -69,9 +69,21 @@ class ModelServicer(model_grpc.ModelServiceServicer):
                                                after=queue_validation)
             return record["operation"]
 
-        return self.backend.idempotency.once(
-            ownership.owner(), _METHOD, header.request_id, idempotency.fingerprint(header), work,
-            lambda job_id: operations.to_operation(self.backend, operations.job_of(self.backend, job_id)))
+        def replay(job_id: str):
+            """The first upload's operation; when its model was deleted since (or its id registered again), the
+            request runs anew."""
+            try:
+                record = self.backend.catalog.get("models", model_id)
+            except KeyError:
+                record = None
+            job = operations.job_of(self.backend, job_id)
+            failed = job.finished and job.state.value != "SUCCEEDED"
+            if not failed and (record is None or record.get("operation") != job_id):
+                raise idempotency.Gone(model_id)
+            return operations.to_operation(self.backend, job)
+
+        return self.backend.idempotency.once(ownership.owner(), _METHOD, header.request_id,
+                                             idempotency.fingerprint(header), work, replay)
 
     @errors.handle_errors
     def GetModel(self, request, context):

@@ -103,3 +103,19 @@ def test_bad_names_filters_and_tokens_are_invalid_argument(api):
                                                                                  page_token="forged")), invalid)
     h.refused(lambda: model_grpc.ModelServiceStub(api).GetModel(model_pb.GetModelRequest(name="models/index")),
               invalid)
+
+
+def test_a_retried_request_whose_concept_set_was_deleted_runs_anew(api):
+    audits = audit_grpc.AuditServiceStub(api)
+    request = audit_pb.ExtractConceptsRequest(parent="models/parts", concept_set_id="r", dataset="datasets/shapes",
+                                              layers=LAYERS, options=audit_pb.ConceptOptions(n_concepts=4, seed=1),
+                                              request_id="extract-r")
+    first = audits.ExtractConcepts(request)
+    assert audits.ExtractConcepts(request).name == first.name  # a plain retry: the same operation
+    h.wait_operation(api, first.name)
+    audits.DeleteConceptSet(audit_pb.DeleteConceptSetRequest(name="models/parts/conceptSets/r"))
+    again = audits.ExtractConcepts(request)
+    assert again.name != first.name
+    assert not h.wait_operation(api, again.name).HasField("error")
+    assert audits.GetConceptSet(audit_pb.GetConceptSetRequest(name="models/parts/conceptSets/r")).state == \
+        state_pb.RESOURCE_STATE_ACTIVE
