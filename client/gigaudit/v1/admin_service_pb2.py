@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgigaudit/v1/admin_service.proto\x12\x0bgigaudit.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb0\x01\n\nDeadLetter\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x0e\n\x06worker\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12-\n\tdead_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x17ListDeadLettersResponse\x12-\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x17.gigaudit.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16RetryDeadLetterRequest\x12\x11\n\toperation\x18\x01 \x01(\t2\xff\x01\n\x0c\x41\x64minService\x12\\\n\x0fListDeadLetters\x12#.gigaudit.v1.ListDeadLettersRequest\x1a$.gigaudit.v1.ListDeadLettersResponse\x12\x90\x01\n\x0fRetryDeadLetter\x12#.gigaudit.v1.RetryDeadLetterRequest\x1a\x1d.google.longrunning.Operation\"9\xca\x41\x36\n\x15google.protobuf.Empty\x12\x1dgigaudit.v1.OperationMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgigaudit/v1/admin_service.proto\x12\x0bgigaudit.v1\x1a#google/longrunning/operations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb0\x01\n\nDeadLetter\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x0e\n\x06worker\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12-\n\tdead_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x17ListDeadLettersResponse\x12-\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x17.gigaudit.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x16RetryDeadLetterRequest\x12\x11\n\toperation\x18\x01 \x01(\t\"\x12\n\x10GetStatusRequest\"z\n\rServiceStatus\x12\'\n\x05queue\x18\x01 \x01(\x0b\x32\x18.gigaudit.v1.QueueStatus\x12*\n\x07workers\x18\x02 \x03(\x0b\x32\x19.gigaudit.v1.WorkerStatus\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x03 \x01(\x03\"L\n\x0bQueueStatus\x12\x0e\n\x06queued\x18\x01 \x01(\x03\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x0b\n\x03lag\x18\x03 \x01(\x03\x12\x0f\n\x07pending\x18\x04 \x01(\x03\"\xae\x01\n\x0cWorkerStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x32\n\x0eheartbeat_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\toperation\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0c\n\x04\x64one\x18\x07 \x01(\x03\x12\r\n\x05total\x18\x08 \x01(\x03\x32\xc7\x02\n\x0c\x41\x64minService\x12\\\n\x0fListDeadLetters\x12#.gigaudit.v1.ListDeadLettersRequest\x1a$.gigaudit.v1.ListDeadLettersResponse\x12\x46\n\tGetStatus\x12\x1d.gigaudit.v1.GetStatusRequest\x1a\x1a.gigaudit.v1.ServiceStatus\x12\x90\x01\n\x0fRetryDeadLetter\x12#.gigaudit.v1.RetryDeadLetterRequest\x1a\x1d.google.longrunning.Operation\"9\xca\x41\x36\n\x15google.protobuf.Empty\x12\x1dgigaudit.v1.OperationMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=484
   _globals['_RETRYDEADLETTERREQUEST']._serialized_start=486
   _globals['_RETRYDEADLETTERREQUEST']._serialized_end=529
-  _globals['_ADMINSERVICE']._serialized_start=532
-  _globals['_ADMINSERVICE']._serialized_end=787
+  _globals['_GETSTATUSREQUEST']._serialized_start=531
+  _globals['_GETSTATUSREQUEST']._serialized_end=549
+  _globals['_SERVICESTATUS']._serialized_start=551
+  _globals['_SERVICESTATUS']._serialized_end=673
+  _globals['_QUEUESTATUS']._serialized_start=675
+  _globals['_QUEUESTATUS']._serialized_end=751
+  _globals['_WORKERSTATUS']._serialized_start=754
+  _globals['_WORKERSTATUS']._serialized_end=928
+  _globals['_ADMINSERVICE']._serialized_start=931
+  _globals['_ADMINSERVICE']._serialized_end=1258
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class AdminServiceStub:
                 request_serializer=gigaudit_dot_v1_dot_admin__service__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=gigaudit_dot_v1_dot_admin__service__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/gigaudit.v1.AdminService/GetStatus',
+                request_serializer=gigaudit_dot_v1_dot_admin__service__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=gigaudit_dot_v1_dot_admin__service__pb2.ServiceStatus.FromString,
+                _registered_method=True)
         self.RetryDeadLetter = channel.unary_unary(
                 '/gigaudit.v1.AdminService/RetryDeadLetter',
                 request_serializer=gigaudit_dot_v1_dot_admin__service__pb2.RetryDeadLetterRequest.SerializeToString,
@@ -54,6 +59,13 @@ class AdminServiceServicer:
 
     def ListDeadLetters(self, request, context):
         """Jobs that failed for good (too many failed deliveries, a hung handler), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatus(self, request, context):
+        """The queue, the workers and the dead letters at a glance (`gigaudit status`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -73,6 +85,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=gigaudit_dot_v1_dot_admin__service__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=gigaudit_dot_v1_dot_admin__service__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=gigaudit_dot_v1_dot_admin__service__pb2.GetStatusRequest.FromString,
+                    response_serializer=gigaudit_dot_v1_dot_admin__service__pb2.ServiceStatus.SerializeToString,
             ),
             'RetryDeadLetter': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryDeadLetter,
@@ -108,6 +125,33 @@ class AdminService:
             '/gigaudit.v1.AdminService/ListDeadLetters',
             gigaudit_dot_v1_dot_admin__service__pb2.ListDeadLettersRequest.SerializeToString,
             gigaudit_dot_v1_dot_admin__service__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gigaudit.v1.AdminService/GetStatus',
+            gigaudit_dot_v1_dot_admin__service__pb2.GetStatusRequest.SerializeToString,
+            gigaudit_dot_v1_dot_admin__service__pb2.ServiceStatus.FromString,
             options,
             channel_credentials,
             insecure,

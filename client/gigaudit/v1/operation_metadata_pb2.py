@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$gigaudit/v1/operation_metadata.proto\x12\x0bgigaudit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x03\n\x11OperationMetadata\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.gigaudit.v1.OperationState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\x12\x0e\n\x06target\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0c \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\r \x01(\x05\x12\x16\n\x0equeue_position\x18\x0e \x01(\x05\x12(\n\x07history\x18\x0f \x03(\x0b\x32\x17.gigaudit.v1.StageEvent\"{\n\nStageEvent\x12\r\n\x05stage\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t*\xc4\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16OPERATION_STATE_QUEUED\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$gigaudit/v1/operation_metadata.proto\x12\x0bgigaudit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n\x11OperationMetadata\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.gigaudit.v1.OperationState\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0c\n\x04\x64one\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\x12\x0e\n\x06target\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x0c \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\r \x01(\x05\x12\x16\n\x0equeue_position\x18\x0e \x01(\x05\x12(\n\x07history\x18\x0f \x03(\x0b\x32\x17.gigaudit.v1.StageEvent\x12\x10\n\x08trace_id\x18\x10 \x01(\t\"{\n\nStageEvent\x12\r\n\x05stage\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t*\xc4\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16OPERATION_STATE_QUEUED\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gigaudit.v1.operation_metadata_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATIONSTATE']._serialized_start=608
-  _globals['_OPERATIONSTATE']._serialized_end=804
+  _globals['_OPERATIONSTATE']._serialized_start=626
+  _globals['_OPERATIONSTATE']._serialized_end=822
   _globals['_OPERATIONMETADATA']._serialized_start=87
-  _globals['_OPERATIONMETADATA']._serialized_end=480
-  _globals['_STAGEEVENT']._serialized_start=482
-  _globals['_STAGEEVENT']._serialized_end=605
+  _globals['_OPERATIONMETADATA']._serialized_end=498
+  _globals['_STAGEEVENT']._serialized_start=500
+  _globals['_STAGEEVENT']._serialized_end=623
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ OPERATION_STATE_FAILED: OperationState
 OPERATION_STATE_CANCELLED: OperationState
 
 class OperationMetadata(_message.Message):
-    __slots__ = ("kind", "state", "stage", "done", "total", "worker", "attempt", "cancel_requested", "target", "create_time", "update_time", "owner", "failures", "queue_position", "history")
+    __slots__ = ("kind", "state", "stage", "done", "total", "worker", "attempt", "cancel_requested", "target", "create_time", "update_time", "owner", "failures", "queue_position", "history", "trace_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class OperationMetadata(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     kind: str
     state: OperationState
     stage: str
@@ -57,7 +58,8 @@ class OperationMetadata(_message.Message):
     failures: int
     queue_position: int
     history: _containers.RepeatedCompositeFieldContainer[StageEvent]
-    def __init__(self, kind: _Optional[str] = ..., state: _Optional[_Union[OperationState, str]] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., target: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., failures: _Optional[int] = ..., queue_position: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StageEvent, _Mapping]]] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, kind: _Optional[str] = ..., state: _Optional[_Union[OperationState, str]] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., target: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., failures: _Optional[int] = ..., queue_position: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StageEvent, _Mapping]]] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class StageEvent(_message.Message):
     __slots__ = ("stage", "start_time", "worker", "attempt", "error")
