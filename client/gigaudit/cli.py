@@ -19,7 +19,7 @@ import grpc
 
 from gigaudit import explanations, preprocessing
 from gigaudit.client import IMAGE_SUFFIXES, AuditClient, _archive, _file_digest, operation_result
-from gigaudit.commands import completion, config, layers, resources
+from gigaudit.commands import completion, config, layers, resources, status
 from gigaudit.commands.common import DefaultsFormatter, add_connection, add_output, client_for, connection, \
     output_format
 from gigaudit.embedded import embedded_server
@@ -143,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
     layers.add_parsers(sub)
     resources.add_parsers(sub)
+    status.add_parsers(sub)
     config.add_parsers(sub)
     completion.add_parsers(sub)
     sub.add_parser("serve", help="run the server (`gigaudit serve --help` for its flags and defaults)")

@@ -324,8 +324,15 @@ class AuditClient:
                    audit_pb.DeleteConceptGraphRequest(name=_child("conceptGraphs", name), force=force))
 
     # --- administration (admin role) ---------------------------------------------------------
-    def list_dead_letters(self, page_size: int = 100) -> list[admin_pb.DeadLetter]:
-        """Jobs that failed for good, newest first."""
+    def get_status(self) -> admin_pb.ServiceStatus:
+        """The queue, the workers and the number of dead letters (`gigaudit status`)."""
+        return self._call(self.admin.GetStatus, admin_pb.GetStatusRequest())
+
+    def list_dead_letters(self, page_size: int = 100, limit: int | None = None) -> list[admin_pb.DeadLetter]:
+        """Jobs that failed for good, newest first; with `limit` (1..1000), only that many of the newest."""
+        if limit is not None:
+            return list(self._call(self.admin.ListDeadLetters,
+                                   admin_pb.ListDeadLettersRequest(page_size=limit)).dead_letters)
         return self._pages(self.admin.ListDeadLetters, admin_pb.ListDeadLettersRequest(page_size=page_size),
                            "dead_letters")
 

@@ -9,6 +9,7 @@ import sys
 import threading
 
 from gigaudit_server import config
+from gigaudit_server.observability import logs
 
 
 def serve(argv: list[str]) -> None:
@@ -17,8 +18,9 @@ def serve(argv: list[str]) -> None:
                                      "GIGAUDIT_<FLAG> (e.g. GIGAUDIT_REDIS_URL).")
     config.add_flags(parser)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    logs.add_format_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(args.log_level, args.log_format)
     try:
         settings = config.from_flags(args)
     except ValueError as exc:
@@ -62,6 +64,9 @@ def _worker(argv: list[str]) -> None:
 
 def _exit_now() -> None:
     """Exit 0 without the interpreter's teardown of torch and gig (1-2 s): everything was stopped already."""
+    from gigaudit_server.observability import tracing
+
+    tracing.shutdown()  # spans still batched are exported first
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

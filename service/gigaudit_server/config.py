@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,15 @@ class Settings(BaseSettings):
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle; set: clients need a certificate (mTLS)")
     auth_tokens_file: str | None = Field(None, description="'<name> <role> <sha256 of token>' lines; unset: no auth")
     max_jobs_per_client: int | None = Field(None, ge=1, description="unfinished operations per client; unset: no limit")
+    # Tracing (gigaudit_server.observability.tracing)
+    tracing: Literal["off", "console", "otlp"] = Field(
+        "off", description="OpenTelemetry spans per RPC and job: off, console (stdout) or otlp")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC collector for --tracing otlp, e.g. http://otel-collector:4317; unset: "
+        "OTEL_EXPORTER_OTLP_ENDPOINT or localhost:4317")
+    # Metrics (gigaudit_server.observability.metrics)
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="plaintext port serving Prometheus metrics; unset or 0: off")
 
     @model_validator(mode="after")
     def _store_under_data_dir(self) -> Settings:

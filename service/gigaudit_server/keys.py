@@ -41,6 +41,17 @@ def heartbeat(worker: str) -> str:
     return _key("worker", worker, "alive")
 
 
+def worker_info(worker: str) -> str:
+    """Hash {device, operation, started, beat}: what a live worker runs (``operation``: the job id, empty when idle;
+    ``started``, ``beat``: Unix times); written with its heartbeat, expiring with it (``gigaudit status``)."""
+    return _key("worker", worker, "info")
+
+
+def workers() -> str:
+    """Sorted set of the workers that beat, by time of their last beat (pruned of dead ones by the status view)."""
+    return _key("workers")
+
+
 def suspect(worker: str) -> str:
     """String: when (Redis time, ms) a reclaimer first found the worker's heartbeat missing; a live worker's next
     beat deletes it (``JobQueue.reclaim_grace``)."""

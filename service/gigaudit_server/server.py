@@ -21,10 +21,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gigaudit_server import api, keys, tls
+from gigaudit_server.api import auth
 from gigaudit_server.api.auth import AuthInterceptor
 from gigaudit_server.api.limits import LimitsInterceptor
 from gigaudit_server.api.streams import StreamGuard
 from gigaudit_server.config import Settings
+from gigaudit_server.observability import logs, tracing
+from gigaudit_server.observability.metrics import (MetricsServer, QueueCollector, RpcMetrics, WorkerMetrics,
+                                                   new_registry)
 from gigaudit_server.probes import ProbeServer
 from gigaudit_server.queue.jobs import JobQueue
 from gigaudit_server.storage import settlement
@@ -56,7 +60,8 @@ class GigauditServer:
                   ("grpc.max_send_message_length", settings.max_message_bytes)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                                              thread_name_prefix="rpc"),
-                                  interceptors=[*self._security(), *interceptors], options=limits)
+                                  interceptors=[*self._metrics(), *self._tracing(), *self._security(),
+                                                *self._log_context(), *interceptors], options=limits)
         api.add_servicers(self.server, self.backend)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -78,6 +83,8 @@ class GigauditServer:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> GigauditServer:
+        if self.metrics is not None:
+            self.metrics.start()
         if self._embedded_redis is not None:
             self._threads.append(self._start_embedded_worker())
         self._threads.append(threading.Thread(target=self._check_health, name="health", daemon=True))
@@ -108,6 +115,8 @@ class GigauditServer:
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.probes is not None:
             self.probes.stop(0)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.server.stop(grace).wait()
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
@@ -115,6 +124,8 @@ class GigauditServer:
                 log.warning("%s thread still busy after the %.1f s grace; leaving it", thread.name, grace)
         if self._embedded_redis is not None:
             self._shutdown_embedded_redis()
+        if self._owns_tracing:
+            tracing.shutdown()  # exports the spans still pending
 
     # ------------------------------------------------------------------ internals
     def _security(self) -> list:
@@ -126,6 +137,30 @@ class GigauditServer:
             chain.append(LimitsInterceptor(self.redis, self.settings.max_jobs_per_client))
         chain.append(StreamGuard.from_settings(self.settings))  # upload streams: capped, idle ones ended
         return chain
+
+    def _metrics(self) -> list:
+        """With ``metrics_port``: this process's registry (RPCs; the queue, read from Redis at scrape time; an
+        embedded worker's jobs), served from ``start()``. Its interceptor goes first, so refused calls count too."""
+        self.metrics = None
+        if not self.settings.metrics_port:
+            return []
+        registry = new_registry()
+        registry.register(QueueCollector(self.redis))
+        self.metrics = MetricsServer(registry, self.settings.host, self.settings.metrics_port)
+        return [RpcMetrics(registry)]
+
+    def _tracing(self) -> list:
+        """A span per RPC when tracing is on (``settings.tracing``, or set up by the embedding process); first, so
+        that refused calls are traced too."""
+        self._owns_tracing = self.settings.tracing != "off" and not tracing.enabled()
+        if self._owns_tracing:
+            tracing.setup(self.settings.tracing, endpoint=self.settings.otlp_endpoint, service_name="gigaudit-api")
+        return [tracing.ServerInterceptor()] if tracing.enabled() else []
+
+    @staticmethod
+    def _log_context() -> list:
+        """Request id, method and caller on every log line of an RPC (after authentication: the caller is known)."""
+        return [logs.LogContextInterceptor(lambda: (auth.current_principal() or auth.ANONYMOUS).name)]
 
     def workers_alive(self) -> bool:
         """Whether any worker's heartbeat key is alive."""
@@ -153,8 +188,11 @@ class GigauditServer:
 
         self.backend.catalog.publish_architectures(architecture_descriptions())
         tasks = Tasks(self.backend.store, self.settings.device)
+        metrics = None if self.metrics is None else WorkerMetrics(self.metrics.registry, device=self.settings.device,
+                                                                  models=tasks.models)
         worker = Worker(self.backend.queue, tasks.handlers(), tasks.reducers(), name="embedded",
-                        on_finished=lambda job: settlement.settle_job(self.backend, job))
+                        on_finished=lambda job: settlement.settle_job(self.backend, job),
+                        device=self.settings.device, metrics=metrics)
         thread = threading.Thread(target=worker.run, args=(self._stop,), name="embedded-worker", daemon=True)
         thread.start()
         return thread

@@ -138,7 +138,8 @@ def test_api_probes_use_the_plaintext_health_port(release):
     _, values, manifests = release
     api = containers(manifests)["audit-gigaudit-api/api"]
     ports = {p["name"]: p["containerPort"] for p in api["ports"]}
-    assert ports == {"grpc": values["api"]["port"], "health": values["api"]["healthPort"]}
+    metrics = {"metrics": values["metrics"]["port"]} if values.get("metrics", {}).get("enabled", True) else {}
+    assert ports == {"grpc": values["api"]["port"], "health": values["api"]["healthPort"], **metrics}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert api[probe]["grpc"] == {"port": values["api"]["healthPort"], "service": "gigaudit.process"}
     env = {e["name"]: e.get("value") for e in api["env"]}
@@ -172,7 +173,8 @@ def test_api_environment_is_understood_by_the_server_settings(release):
     api = containers(manifests)["audit-gigaudit-api/api"]
     given = {}
     for env in api["env"]:
-        if not env["name"].startswith("GIGAUDIT_") or env["name"] == "GIGAUDIT_KEY_PREFIX":
+        # the key prefix and the log format are read before the settings (keys module, log setup)
+        if not env["name"].startswith("GIGAUDIT_") or env["name"] in ("GIGAUDIT_KEY_PREFIX", "GIGAUDIT_LOG_FORMAT"):
             continue
         field = env["name"].removeprefix("GIGAUDIT_").lower()
         assert field in Settings.model_fields, env["name"]

@@ -111,6 +111,10 @@ def test_a_live_slow_worker_keeps_its_job_however_long_it_runs(queue):
     slow = Worker(queue, {"silent": silent}, name="slow")
     thread = threading.Thread(target=slow.run_one, kwargs={"block_ms": 100})
     thread.start()
+    deadline = time.monotonic() + 10
+    while queue.get(job.id).worker != "slow":  # the slow worker claims it first; only then may others try
+        assert time.monotonic() < deadline, "the slow worker never claimed the job"
+        time.sleep(0.01)
     other = Worker(queue, {"silent": lambda ctx: {"by": "other"}}, name="other")
     max_idle = 0
     while thread.is_alive():

@@ -55,6 +55,18 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ include "gigaudit.storeURL" . | quote }}
 - name: HOME
   value: /tmp
+{{- if .Values.metrics.enabled }}
+- name: GIGAUDIT_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+{{- end }}
+- name: GIGAUDIT_LOG_FORMAT
+  value: {{ .Values.logging.format | quote }}
+- name: GIGAUDIT_TRACING
+  value: {{ .Values.tracing.exporter | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: GIGAUDIT_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
 {{- if eq .Values.store.type "s3" }}
 {{- with .Values.store.s3.endpoint }}
 - name: FSSPEC_S3_ENDPOINT_URL
@@ -91,4 +103,28 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
+{{- end -}}
+
+{{/* Pod annotation that rolls the pods when a Secret they read changes: the sha256 of the data of the named
+Secrets as the cluster holds them when the release is installed or upgraded (lookup). Without a cluster (helm
+template, GitOps renders) lookup finds nothing and the checksum stays constant.
+include "gigaudit.secretsChecksum" (list . (list "name-a" "name-b")) */}}
+{{- define "gigaudit.secretsChecksum" -}}
+{{- $root := index . 0 -}}
+{{- $seen := list -}}
+{{- range $name := index . 1 -}}
+{{- $secret := lookup "v1" "Secret" $root.Release.Namespace $name | default dict -}}
+{{- $seen = append $seen (dict "name" $name "data" (get $secret "data" | default dict)) -}}
+{{- end -}}
+{{- $seen | toJson | sha256sum -}}
+{{- end -}}
+
+{{/* Names of the Secrets both the API and the workers read (Redis URL, S3 credentials), as a list. */}}
+{{- define "gigaudit.commonSecretNames" -}}
+{{- $names := list -}}
+{{- if not .Values.redis.bundled.enabled -}}{{- $names = append $names .Values.redis.urlSecret.name -}}{{- end -}}
+{{- if and (eq .Values.store.type "s3") .Values.store.s3.credentialsSecret.name -}}
+{{- $names = append $names .Values.store.s3.credentialsSecret.name -}}
+{{- end -}}
+{{- $names | toJson -}}
 {{- end -}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from gigaudit_server.api import errors, idempotency, operations, ownership
+from gigaudit_server.observability import tracing
 from gigaudit_server.queue.jobs import Job
 from gigaudit_server.storage import settlement
 from gigaudit_server.storage.catalog import AlreadyExists, InUse
@@ -46,7 +47,8 @@ def start(backend, method: str, request, kind: str, params: dict, created: list[
             raise errors.not_found(NOUNS[collection], resource_name(collection, resource_id)) from None
         try:
             job = backend.queue.submit(kind, params, shards=shards, reduce_kind=reduce_kind, owner=owner,
-                                       request_id=f"{method}|{request_id}" if request_id else None)
+                                       request_id=f"{method}|{request_id}" if request_id else None,
+                                       trace=tracing.current_traceparent())
         except BaseException:
             for collection, resource_id, _, _ in created:
                 _forget(backend, collection, resource_id)

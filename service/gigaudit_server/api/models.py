@@ -20,6 +20,7 @@ from gigaudit_server.api import (
     uploaded,
     uploads,
 )
+from gigaudit_server.observability import tracing
 from gigaudit_server.queue import schemas
 from gigaudit_server.queue.jobs import JobExistsError, JobState
 from gigaudit_server.storage import settlement
@@ -58,7 +59,8 @@ class ModelServicer(model_grpc.ModelServiceServicer):
             params = schemas.to_params(schemas.ValidateModel(
                 model_id=model_id, model=schemas.ModelSpec(**{k: record[k] for k in MODEL_FIELDS})))
             job = self.backend.queue.submit("validate_model", params, owner=ownership.owner(),
-                request_id=f"{_METHOD}|{header.request_id}" if header.request_id else None)
+                                            request_id=f"{_METHOD}|{header.request_id}" if header.request_id else None,
+                                            trace=tracing.current_traceparent())
             self.backend.catalog.add_user("models", model_id, job.id)
             return self.backend.catalog.update("models", model_id, operation=job.id)
 

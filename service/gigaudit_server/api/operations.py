@@ -8,6 +8,7 @@ from google.rpc import code_pb2, status_pb2
 
 from gigaudit.v1 import operation_metadata_pb2 as metadata_pb
 from gigaudit_server.api import errors, names, ownership, resources
+from gigaudit_server.observability import tracing
 from gigaudit_server.queue.jobs import Job, JobState
 from gigaudit_server.storage import settlement
 
@@ -23,7 +24,7 @@ def metadata(job: Job, queue_position: int = 0) -> metadata_pb.OperationMetadata
         stage=job.stage, done=job.done, total=job.total or 0, worker=job.worker or "", attempt=job.attempt,
         cancel_requested=job.cancel_requested, target=_target(job), create_time=resources.timestamp(job.created),
         update_time=resources.timestamp(job.updated), owner=job.owner, failures=job.failures,
-        queue_position=queue_position if job.state is JobState.QUEUED else 0)
+        queue_position=queue_position if job.state is JobState.QUEUED else 0, trace_id=tracing.trace_id(job.trace))
     for event in job.history:
         message.history.add(stage=str(event.get("stage", "")), start_time=resources.timestamp(
             float(event.get("time") or 0.0)), worker=str(event.get("worker") or ""),

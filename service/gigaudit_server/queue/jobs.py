@@ -45,6 +45,8 @@ FINISHED_TTL_S = 7 * _DAY
 DEAD_LETTER_TTL_S = 30 * _DAY
 CHECKPOINT_S = 30.0
 QUEUE_POSITION_CAP = 1000  # queue positions are counted up to this many stream entries ahead
+STATUS_SCAN_CAP = 20_000  # queue status counts the jobs of at most this many stream entries
+WORKER_FORGET_S = 3600.0  # a worker that has not beaten for this long (or 10 heartbeat TTLs) leaves keys.workers
 
 
 class JobState(str, Enum):
@@ -114,6 +116,7 @@ class Job:
     owner: str = ""
     checkpoint: dict | None = None
     history: list[dict] = field(default_factory=list)  # stage events, oldest first (queue.scripts)
+    trace: str | None = None  # W3C traceparent of the request that submitted it (observability.tracing)
 
     @property
     def finished(self) -> bool:
@@ -134,6 +137,7 @@ class Job:
             "cancel_requested": "1" if self.cancel_requested else "0", "parent": self.parent or "",
             "shards": str(self.shards), "shard_index": str(self.shard_index), "reduce_kind": self.reduce_kind or "",
             "failures": str(self.failures), "owner": self.owner, "checkpoint": _dump(self.checkpoint),
+            "trace": self.trace or "",
         }
 
     @classmethod
@@ -147,7 +151,7 @@ class Job:
             updated=float(f["updated"]), cancel_requested=f["cancel_requested"] == "1", parent=f["parent"] or None,
             shards=int(f["shards"]), shard_index=int(f["shard_index"]), reduce_kind=f["reduce_kind"] or None,
             failures=int(f["failures"]), owner=f.get("owner", ""), checkpoint=_load(f.get("checkpoint", "")),
-            history=_history(f.get("history", "")),
+            history=_history(f.get("history", "")), trace=f.get("trace") or None,
         )
 
 
@@ -176,6 +180,34 @@ class DeadLetter:
                    failures=int(f.get("failures") or 0), worker=f.get("worker", ""), owner=f.get("owner", ""),
                    dead_time=int(entry_id.split("-")[0]) / 1000, shard=int(f["shard"]) if f.get("shard") else None,
                    entry_id=entry_id)
+
+
+@dataclass
+class QueueCounts:
+    """The queue at a glance (``JobQueue.queue_status``). ``queued`` / ``running``: top-level jobs in that state
+    (shards count as their parent; internal jobs such as layer listings count too); ``lag``: stream entries not yet
+    delivered to any worker; ``pending``: delivered but not yet acknowledged; ``dead_letters``: kept."""
+    queued: int
+    running: int
+    lag: int
+    pending: int
+    dead_letters: int
+
+
+@dataclass
+class WorkerState:
+    """One worker as the status view shows it (``JobQueue.worker_states``). ``job_id``: the top-level job it runs
+    (empty when idle); ``stage``, ``done``, ``total``: the progress of its own part of it (a shard's).
+    ``heartbeat_time``: its last beat (None for a dead worker that never beat, e.g. of an older release)."""
+    name: str
+    device: str = ""
+    alive: bool = False
+    heartbeat_time: float | None = None
+    job_id: str = ""
+    stage: str = ""
+    done: int = 0
+    total: int | None = None
+    pending: int = 0
 
 
 class JobQueue:
@@ -219,10 +251,12 @@ class JobQueue:
 
     # --- client side --------------------------------------------------------------------------------------------
     def submit(self, kind: str, params: dict, *, job_id: str | None = None, request_id: str | None = None,
-               shards: int = 1, reduce_kind: str | None = None, owner: str = "", listed: bool = True) -> Job:
+               shards: int = 1, reduce_kind: str | None = None, owner: str = "", listed: bool = True,
+               trace: str | None = None) -> Job:
         """Create a job and queue it; with ``reduce_kind``, a parent and ``shards`` shard jobs. ``request_id`` is
         recorded only: idempotency is the API's (``gigaudit_server.api.idempotency``). ``listed=False``: an
-        internal job (e.g. ``list_layers``) that :meth:`list` does not show."""
+        internal job (e.g. ``list_layers``) that :meth:`list` does not show. ``trace``: the submitting request's
+        W3C traceparent, which the worker's span continues (shards carry it too)."""
         if not isinstance(kind, str) or not kind:
             raise ValueError("kind must be a non-empty string")
         if not isinstance(params, dict):
@@ -241,10 +275,10 @@ class JobQueue:
             raise ValueError(f"params must be JSON-serialisable: {e}") from None
         now = time.time()
         job = Job(id=job_id, kind=kind, params=params, request_id=request_id, created=now, updated=now,
-                  shards=shards, reduce_kind=reduce_kind, owner=owner)
+                  shards=shards, reduce_kind=reduce_kind, owner=owner, trace=trace)
         parts = [job] if reduce_kind is None else [
             Job(id=_shard_id(job_id, i), kind=kind, params=params, created=now, updated=now, parent=job_id,
-                shards=shards, shard_index=i, owner=owner) for i in range(shards)]
+                shards=shards, shard_index=i, owner=owner, trace=trace) for i in range(shards)]
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -444,16 +478,25 @@ class JobQueue:
                     return context
         return None
 
-    def beat(self, worker: str) -> None:
-        """Refresh a worker's heartbeat key (it expires after ``heartbeat_ttl`` unless refreshed)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.heartbeat(worker), "1", px=max(1, int(self.heartbeat_ttl * 1000)))
+    def beat(self, worker: str, info: dict[str, str] | None = None) -> None:
+        """Refresh a worker's heartbeat key (it expires after ``heartbeat_ttl`` unless refreshed) and, with
+        ``info`` ({device, operation, started}), its status hash, which expires with it (``keys.worker_info``)."""
+        ttl_ms = max(1, int(self.heartbeat_ttl * 1000))
+        with self.redis.pipeline(transaction=info is not None) as pipe:
+            pipe.set(keys.heartbeat(worker), "1", px=ttl_ms)
             pipe.delete(keys.suspect(worker))
+            now = time.time()
+            pipe.zadd(keys.workers(), {worker: now})
+            pipe.zremrangebyscore(keys.workers(), "-inf", now - max(WORKER_FORGET_S, 10 * self.heartbeat_ttl))
+            if info is not None:
+                pipe.hset(keys.worker_info(worker), mapping={**info, "beat": repr(now)})
+                pipe.pexpire(keys.worker_info(worker), ttl_ms)
             pipe.execute()
 
     def retire(self, worker: str) -> None:
-        """Forget a stopping worker: its heartbeat, and its consumer when it holds no deliveries."""
-        self.redis.delete(keys.heartbeat(worker))
+        """Forget a stopping worker: its heartbeat and status, and its consumer when it holds no deliveries."""
+        self.redis.delete(keys.heartbeat(worker), keys.worker_info(worker))
+        self.redis.zrem(keys.workers(), worker)
         pending = self.redis.xpending_range(keys.stream(), keys.consumer_group(), "-", "+", 1, consumername=worker)
         if not pending:
             self.redis.xgroup_delconsumer(keys.stream(), keys.consumer_group(), worker)
@@ -521,9 +564,7 @@ class JobQueue:
             except ValueError:
                 raise ValueError(f"invalid page_token {page_token!r}: pass the next_page_token of a previous page"
                                  ) from None
-        if self.dead_letter_ttl:
-            self.redis.xtrim(keys.dead_letters(), minid=f"{int((time.time() - self.dead_letter_ttl) * 1000)}",
-                             approximate=False)
+        self._trim_dead_letters()
         entries = self.redis.xrevrange(keys.dead_letters(), max=top, min="-", count=page_size + 1)
         letters = [DeadLetter.from_entry(_text(entry_id), fields) for entry_id, fields in entries[:page_size]]
         more = len(entries) > page_size
@@ -549,7 +590,100 @@ class JobQueue:
                              "(too many failed deliveries, a hung handler) can be retried")
         return self.get(job_id)
 
+    # --- status (AdminService.GetStatus, `gigaudit status`) ---------------------------------------------------
+    def queue_status(self, cap: int = STATUS_SCAN_CAP) -> QueueCounts:
+        """Counts of the queue. Every unfinished job has an entry in the stream (settled entries are deleted), so
+        the QUEUED / RUNNING counts read the states of the jobs that the stream's entries name: the cost follows
+        the work in flight, not the jobs kept (at most ``cap`` entries are read; beyond, the counts are lower
+        bounds). ``lag`` is the consumer group's (Redis 7+) or, where Redis cannot tell, counted in that scan."""
+        group = self._group()
+        last = _entry_id(_text(group.get("last-delivered-id")) or "0-0")
+        jobs: dict[str, None] = {}
+        counted_lag, seen, start = 0, 0, "-"
+        while seen < cap:
+            entries = self.redis.xrange(keys.stream(), min=start, max="+", count=min(1000, cap - seen))
+            for entry_id, fields in entries:
+                counted_lag += _entry_id(_text(entry_id)) > last
+                jobs.setdefault(_text(fields.get(b"job", fields.get("job"))).split(".shard")[0])
+            seen += len(entries)
+            if len(entries) < 1000:
+                break
+            start = f"({_text(entries[-1][0])}"
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in jobs:
+                pipe.hget(keys.job(job_id), "state")
+            states = [_text(state) for state in pipe.execute()] if jobs else []
+        lag = group.get("lag")
+        self._trim_dead_letters()
+        return QueueCounts(queued=states.count(JobState.QUEUED.value), running=states.count(JobState.RUNNING.value),
+                           lag=counted_lag if lag is None else int(lag), pending=int(group.get("pending") or 0),
+                           dead_letters=int(self.redis.xlen(keys.dead_letters())))
+
+    def worker_states(self) -> list[WorkerState]:
+        """The workers by name: the live ones (their device, heartbeat and job from ``keys.worker_info``) and the
+        dead ones that still hold deliveries (their job awaits reclaiming; their last beat from ``keys.workers``).
+        Dead workers that hold none are dropped from ``keys.workers``."""
+        try:
+            consumers = self.redis.xinfo_consumers(keys.stream(), keys.consumer_group())
+        except redis_lib.ResponseError as e:
+            if "NOGROUP" not in str(e) and "no such key" not in str(e):
+                raise
+            consumers = []
+        held = {_text(c["name"]): int(c.get("pending") or 0) for c in consumers}
+        held = {name: count for name, count in held.items() if count}
+        beats = {_text(name): score for name, score in self.redis.zrange(keys.workers(), 0, -1, withscores=True)}
+        names = sorted({*beats, *held})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(keys.heartbeat(name))
+                pipe.hgetall(keys.worker_info(name))
+            replies = pipe.execute()
+        workers = []
+        for name, alive, info in zip(names, replies[::2], replies[1::2]):
+            info = {_text(k): _text(v) for k, v in info.items()}
+            if not alive and not held.get(name):
+                self.redis.zrem(keys.workers(), name)  # gone (crashed between jobs, or retired meanwhile)
+                continue
+            job_id = info.get("operation", "")
+            if not alive:  # its status expired: the job of its first pending delivery
+                delivery = self.redis.xpending_range(keys.stream(), keys.consumer_group(), "-", "+", 1,
+                                                     consumername=name)
+                entry = delivery and self.redis.xrange(keys.stream(), delivery[0]["message_id"],
+                                                       delivery[0]["message_id"])
+                job_id = _text(entry[0][1].get(b"job", entry[0][1].get("job"))) if entry else ""
+            workers.append(WorkerState(name=name, device=info.get("device", ""), alive=bool(alive),
+                                       heartbeat_time=float(info["beat"]) if info.get("beat") else beats.get(name),
+                                       job_id=job_id, pending=held.get(name, 0)))
+        running = [w for w in workers if w.job_id]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for w in running:
+                pipe.hmget(keys.job(w.job_id), "stage", "done", "total", "parent", "state", "worker")
+            progress = pipe.execute() if running else []
+        for w, (stage, done, total, parent, state, owner) in zip(running, progress):
+            if _text(state) != JobState.RUNNING.value or _text(owner) != w.name:
+                w.job_id = ""  # settled (or taken over) since the worker last published its status
+                continue
+            w.stage, w.done = _text(stage), int(_text(done) or 0)
+            w.total = int(_text(total)) if _text(total) else None
+            w.job_id = _text(parent) or w.job_id
+        return workers
+
     # --- internals ----------------------------------------------------------------------------------------------
+    def _group(self) -> dict:
+        """The consumer group's XINFO GROUPS entry (empty when the stream or group is missing)."""
+        try:
+            groups = self.redis.xinfo_groups(keys.stream())
+        except redis_lib.ResponseError as e:
+            if "no such key" not in str(e):
+                raise
+            return {}
+        return next((g for g in groups if _text(g["name"]) == keys.consumer_group()), {})
+
+    def _trim_dead_letters(self) -> None:
+        if self.dead_letter_ttl:
+            self.redis.xtrim(keys.dead_letters(), minid=f"{int((time.time() - self.dead_letter_ttl) * 1000)}",
+                             approximate=False)
+
     def _ttls(self) -> tuple[int, int]:
         return int(self.finished_ttl * 1000), int(self.dead_letter_ttl * 1000)
 
@@ -765,6 +899,12 @@ def _text(value) -> str:
     if value is None:
         return ""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``ms-seq`` as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _dump(value: dict | None) -> str:

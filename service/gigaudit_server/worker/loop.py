@@ -34,6 +34,8 @@ from gigaudit_server.queue.jobs import (
     JobQueue,
     Reducer,
 )
+from gigaudit_server.observability import logs, tracing
+from gigaudit_server.observability.metrics import WorkerMetrics, read_history
 from gigaudit_server.queue.retry import DEFAULT_WINDOW_S, RedisRetry, RedisUnavailable
 from gigaudit_server.worker.failures import classify
 
@@ -45,10 +47,12 @@ class Worker:
     def __init__(self, queue: JobQueue, handlers: Mapping[str, Handler], reducers: Mapping[str, Reducer] | None = None,
                  *, name: str | None = None, poll_interval: float = 1.0, redis_retry_s: float = DEFAULT_WINDOW_S,
                  stall_timeout_s: float | None = STALL_TIMEOUT_S, checkpoint_s: float = CHECKPOINT_S,
-                 on_finished: Callable[[Job], None] | None = None):
+                 on_finished: Callable[[Job], None] | None = None, device: str = "cpu",
+                 metrics: WorkerMetrics | None = None):
         """``redis_retry_s``: how long an outage may last before the running attempt is given up;
         ``stall_timeout_s``: seconds without progress after which a job is failed as hung (None: never);
-        ``checkpoint_s``: how often long handlers checkpoint (0: after every batch)."""
+        ``checkpoint_s``: how often long handlers checkpoint (0: after every batch); ``device``: where its
+        handlers compute (``cpu``, ``cuda:0``), published with the heartbeat for ``gigaudit status``."""
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         if stall_timeout_s is not None and stall_timeout_s <= 0:
@@ -65,9 +69,13 @@ class Worker:
         self.stall_timeout_s = stall_timeout_s
         self.checkpoint_s = checkpoint_s
         self.on_finished = on_finished
+        self.metrics = metrics  # attempts, durations, reclaims, dead letters (observability.metrics)
         self.stop_event = threading.Event()
         self._beating = 0
+        self._heartbeat_thread: threading.Thread | None = None  # watched by the probes (health)
         self._running: JobContext | None = None
+        self.device = device
+        self._job_started = 0.0
 
     def run(self, stop_event: threading.Event | None = None) -> None:
         """Run jobs until ``stop_event`` (or SIGTERM / SIGINT, when called from the main thread) is set."""
@@ -90,17 +98,24 @@ class Worker:
         True when a job ran."""
         with self._heartbeat():
             finished: list[str] = []
-            context = self.queue.reclaim(self.name, finished) or self.queue.claim_next(self.name, block_ms, finished)
+            context = self.queue.reclaim(self.name, finished)
+            reclaimed = context is not None
+            context = context or self.queue.claim_next(self.name, block_ms, finished)
             for job_id in finished:
                 self._notify(job_id)
             if context is None:
                 return False
             context.attach(self.stop_event, self.retry, self.checkpoint_s)
-            self._running = context
+            if self.metrics is not None:
+                self.metrics.claimed(context.job, reclaimed=reclaimed)
+            self._running, self._job_started = context, time.time()
+            self._publish_status()
             try:
-                self._execute(context)
+                with logs.bind(**logs.job_fields(context.job, self.name)):  # on every line this job logs
+                    self._execute(context)
             finally:
                 self._running = None
+                self._publish_status()
             return True
 
     def _execute(self, context: JobContext) -> None:
@@ -110,15 +125,18 @@ class Worker:
         try:
             if self.stop_event.is_set():
                 raise JobInterrupted("worker stopping")
-            result = self._call(context)
+            with tracing.job_span(job, self.name):  # continues the submitting request's trace
+                result = self._call(context)
         except JobCancelled:
             self._finish(job, "cancelled")
         except JobInterrupted:
             self._finish(job, "handback")
         except JobLost as e:
             log.warning("worker %s: job %s dropped (%s)", self.name, job.id, e)
+            self._observe(job, "lost")
         except RedisUnavailable as e:
             log.error("worker %s: job %s given up (%s); it will be reclaimed", self.name, job.id, e)
+            self._observe(job, "unsettled")
         except Exception as e:  # noqa: BLE001 - a handler's failure is the job's, not the worker's
             outcome, error = classify(e)
             if outcome == "retry":
@@ -136,12 +154,28 @@ class Worker:
                                                lambda: self.queue.settle_outcome(job, outcome, payload))
         except RedisUnavailable as e:
             log.error("worker %s: job %s not settled (%s); it will be reclaimed", self.name, job.id, e)
+            self._observe(job, "unsettled")
             return
         if status == "stale":
             log.warning("worker %s: job %s attempt %d was taken over; its %s was dropped", self.name, job.id,
                         job.attempt, outcome)
+        self._observe(job, "lost" if status == "stale" else outcome,
+                      dead_lettered=status == "FAILED" and outcome in ("retry", "dead"))
         if finished:
             self._notify(finished)
+
+    def _observe(self, job: Job, outcome: str, *, dead_lettered: bool = False) -> None:
+        """Report the ended attempt to ``metrics``, with the job's stage history (read once; not while Redis is
+        out of reach)."""
+        if self.metrics is None:
+            return
+        history = []
+        if outcome != "unsettled":
+            try:
+                history = read_history(self.queue.redis, job.id)
+            except redis_lib.RedisError as e:
+                log.debug("worker %s: no stage history for job %s: %s", self.name, job.id, e)
+        self.metrics.ended(job, outcome, dead_lettered=dead_lettered, history=history, worker=self.name)
 
     def _notify(self, job_id: str) -> None:
         """``on_finished(job)``, best effort."""
@@ -165,6 +199,26 @@ class Worker:
             raise _unknown("handler", job.kind, self.handlers)
         return _checked(handler(context))
 
+    def status(self) -> dict[str, str]:
+        """What the heartbeat publishes (``keys.worker_info``): the device, the job it runs (empty: idle), since."""
+        context = self._running
+        return {"device": self.device, "operation": context.job.id if context else "",
+                "started": repr(self._job_started) if context else ""}
+
+    def _publish_status(self) -> None:
+        """Beat now with the current status (a job claimed or ended), best effort: the next beat repeats it."""
+        try:
+            self.queue.beat(self.name, self.status())
+        except redis_lib.RedisError as e:
+            log.debug("worker %s: status not published yet: %s", self.name, e)
+
+    def health(self) -> dict:
+        """For the probes (``worker.health``): whether the heartbeat thread runs, and the running job (None when
+        idle) with the seconds since its handler last reported progress."""
+        thread, context = self._heartbeat_thread, self._running
+        return {"heartbeat": thread is not None and thread.is_alive(), "job": context.job.id if context else None,
+                "idle_s": time.monotonic() - context.last_progress if context else None}
+
     def _check_stall(self) -> None:
         """Fail the running job as hung when its handler reported no progress for ``stall_timeout_s``."""
         context = self._running
@@ -177,6 +231,8 @@ class Worker:
                  f"stall timeout is {self.stall_timeout_s:g} s): it was failed as hung and dead-lettered"}
         status, finished = self.queue.settle_outcome(context.job, "dead", error)  # a Redis error: next beat
         context.mark_lost("failed as hung")
+        if self.metrics is not None and status == "FAILED":
+            self.metrics.dead_lettered(context.job)
         log.error("worker %s: job %s hung (no progress for %.0f s): %s; this worker takes no other job until the "
                   "handler returns", self.name, context.job.id, idle, status)
         if finished:
@@ -194,7 +250,7 @@ class Worker:
             return
         done = threading.Event()
         try:
-            self.queue.beat(self.name)
+            self.queue.beat(self.name, self.status())
         except redis_lib.RedisError as e:
             log.warning("worker %s: heartbeat failed: %s", self.name, e)
         ttl = self.queue.heartbeat_ttl
@@ -204,7 +260,7 @@ class Worker:
             interval = ttl / 3
             while not done.wait(interval):
                 try:
-                    self.queue.beat(self.name)
+                    self.queue.beat(self.name, self.status())
                     interval = ttl / 3
                 except redis_lib.RedisError as e:
                     if interval == ttl / 3:
@@ -217,6 +273,7 @@ class Worker:
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{self.name}", daemon=True)
         thread.start()
+        self._heartbeat_thread = thread
         try:
             yield
         finally:

@@ -71,7 +71,8 @@ def load_model(architecture: str, num_classes: int, data: bytes, device: str | t
 
 
 class ModelCache:
-    """Resident models keyed by (weights sha256, architecture, classes, device); the least recently used goes first."""
+    """Resident models keyed by (weights sha256, architecture, classes, device); the least recently used goes first.
+    ``stats()`` counts hits, misses and evictions (the worker's metrics read them)."""
 
     def __init__(self, store: ArtifactStore, capacity: int = 4):
         if capacity < 1:
@@ -80,6 +81,7 @@ class ModelCache:
         self.capacity = capacity
         self._models: OrderedDict[tuple[str, str, int, str], nn.Module] = OrderedDict()
         self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
 
     def get(self, record: Mapping, device: str | torch.device = "cpu") -> nn.Module:
         """The model of a ModelRecord (``architecture``, ``num_classes``, ``weights_sha256``) on ``device``."""
@@ -90,16 +92,29 @@ class ModelCache:
         key = (sha, architecture, num_classes, str(torch.device(device)))
         with self._lock:
             if key in self._models:
+                self.hits += 1
                 self._models.move_to_end(key)
                 return self._models[key]
+            self.misses += 1
             model = load_model(architecture, num_classes, self.store.read("weights", sha), device)
             self._models[key] = model
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
+                self.evictions += 1
             return model
+
+    def stats(self) -> dict[str, int]:
+        """``{hits, misses, evictions, resident, capacity}`` since the cache was made (without the lock, which a
+        loading model holds for seconds)."""
+        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                "resident": len(self._models), "capacity": self.capacity}
 
     def __len__(self) -> int:
         return len(self._models)
+
+    def __bool__(self) -> bool:
+        """Always true, empty or not: ``Tasks(store, device, models or ...)`` must keep a given empty cache."""
+        return True
 
     def __contains__(self, key) -> bool:
         return key in self._models

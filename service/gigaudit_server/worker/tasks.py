@@ -89,7 +89,7 @@ class Tasks:
                  batch_size: int = 32, n_exemplars: int = 6, exemplar_concepts: int = 12):
         self.store = store
         self.device = torch.device(device)
-        self.models = models or ModelCache(store)
+        self.models = models if models is not None else ModelCache(store)
         self.batch_size = batch_size
         self.n_exemplars = n_exemplars
         self.exemplar_concepts = exemplar_concepts

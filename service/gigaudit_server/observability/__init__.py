@@ -1,0 +1,1 @@
+"""Cross-cutting operability: metrics, traces and structured logs (torch-free)."""
