@@ -18,10 +18,12 @@ def test_watch_streams_are_capped_and_health_answers_while_they_hold_their_threa
         with h.channel(server) as channel:
             operation = probe_grpc.ProbeServiceStub(channel).SubmitProbe(probe_pb.SubmitProbeRequest())  # no worker
             audits = audit_grpc.AuditServiceStub(channel)
-            held = [audits.WatchOperation(audit_pb.WatchOperationRequest(name=operation.name), timeout=30)
-                    for _ in range(3)]
-            first = next(held[0])  # the first stream runs and holds its thread
-            assert first.name == operation.name
+            def watch():
+                return audits.WatchOperation(audit_pb.WatchOperationRequest(name=operation.name), timeout=30)
+
+            held = [watch()]
+            assert next(held[0]).name == operation.name  # the first stream runs and holds its thread
+            held += [watch(), watch()]
             refused = []
             for stream in held[1:]:
                 try:

@@ -39,6 +39,7 @@ EXPECTED = {
     **dict.fromkeys(["UploadModel", "UploadDataset"], {BAD, C.RESOURCE_EXHAUSTED}),
     "RegisterDataset": {BAD, C.PERMISSION_DENIED},
     "ListArchitectures": {C.OK},
+    "GetStatus": {C.OK},
     # the layers of an architecture (no parent) come from a worker: with none registered, UNAVAILABLE
     "ListLayers": {BAD, MISSING, C.UNAVAILABLE},
     # a probe's request id reused with another sleep is a different request
