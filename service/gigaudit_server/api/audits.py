@@ -267,19 +267,18 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         return probes_id, {k: record[k] for k in _DATASET_FIELDS if k in record}
 
     def _concept_set(self, model_id: str, set_id: str, name: str) -> dict:
-        try:
-            record = settlement.concept_set(self.backend, model_id, set_id)
-        except KeyError:
-            raise errors.not_found("concept set", name) from None
-        ownership.check(record.get("owner", ""), "concept set", name)
-        return record
+        return self._owned(settlement.concept_set, "concept set", model_id, set_id, name)
 
     def _concept_graph(self, model_id: str, graph_id: str, name: str) -> dict:
+        return self._owned(settlement.concept_graph, "concept graph", model_id, graph_id, name)
+
+    def _owned(self, settle, noun: str, model_id: str, child_id: str, name: str) -> dict:
+        """A concept set's or graph's settled record; NOT_FOUND when absent or another caller's."""
         try:
-            record = settlement.concept_graph(self.backend, model_id, graph_id)
+            record = settle(self.backend, model_id, child_id)
         except KeyError:
-            raise errors.not_found("concept graph", name) from None
-        ownership.check(record.get("owner", ""), "concept graph", name)
+            raise errors.not_found(noun, name) from None
+        ownership.check(record.get("owner", ""), noun, name)
         return record
 
     def _list(self, collection: str, request) -> tuple[list[dict], str]:
