@@ -14,7 +14,12 @@ COPY service ./service
 # s3fs: the artifact store may be an S3-compatible bucket (fsspec's s3:// protocol).
 RUN python -m venv /opt/gigaudit \
     && /opt/gigaudit/bin/pip install --no-cache-dir --upgrade pip \
-    && /opt/gigaudit/bin/pip install --no-cache-dir ".[server]" "s3fs>=2024.2"
+    && /opt/gigaudit/bin/pip install --no-cache-dir ".[server,remote]"
+# Architecture plugins (entry-point group gigaudit.architectures, see examples/gigaudit-example-plugin): pip
+# requirements installed next to gigaudit, e.g. --build-arg PLUGINS="./examples/gigaudit-example-plugin".
+# COPY examples ./examples
+# ARG PLUGINS=""
+# RUN if [ -n "$PLUGINS" ]; then /opt/gigaudit/bin/pip install --no-cache-dir $PLUGINS; fi
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 gigaudit \

@@ -9,6 +9,8 @@ if [ "${GIGAUDIT_CPU_TORCH:-}" = "1" ]; then
     || echo "setup: no CPU-only build of torch 2.14.1 is served here; installing the default (CUDA) build" >&2
 fi
 python3 -m pip install -q -e ".[server,dev]"
+# the example architecture plugin (examples/gigaudit-example-plugin): the plugin family's tests use it
+python3 -m pip install -q -e examples/gigaudit-example-plugin
 # Headless Chromium renders the HTML report in the tests; Node.js runs the non-Python gRPC client test.
 if ! command -v chromium >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

@@ -40,12 +40,12 @@ def start_worker(redis_url: str, store: str, name: str = "test-worker") -> tuple
     from gigaudit_server.queue.jobs import JobQueue
     from gigaudit_server.storage.artifacts import ArtifactStore
     from gigaudit_server.storage.catalog import Catalog
-    from gigaudit_server.worker.architectures import architecture_descriptions
+    from gigaudit_server.worker.architectures import architecture_details
     from gigaudit_server.worker.loop import Worker
     from gigaudit_server.worker.tasks import Tasks
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    Catalog(client).publish_architectures(architecture_descriptions())
+    Catalog(client).publish_architectures(architecture_details())
     tasks = Tasks(ArtifactStore(store), "cpu", batch_size=16, n_exemplars=2, exemplar_concepts=4)
     worker = Worker(JobQueue(client), tasks.handlers(), tasks.reducers(), name=name, poll_interval=0.1)
     stop = threading.Event()

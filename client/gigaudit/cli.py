@@ -16,10 +16,20 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 
 from gigaudit import explanations, preprocessing
-from gigaudit.client import IMAGE_SUFFIXES, AuditClient, _archive, _file_digest, operation_result
+from gigaudit.client import (
+    DATASET_URI_SCHEMES,
+    IMAGE_SUFFIXES,
+    AuditClient,
+    _archive,
+    _file_digest,
+    _model_file,
+    operation_result,
+)
 from gigaudit.commands import completion, config, layers, resources, status
+from gigaudit.commands.build_options import add_build_flags, architecture_options, build_settings, tracer_options
 from gigaudit.commands.common import DefaultsFormatter, add_connection, add_output, client_for, connection, \
     output_format
 from gigaudit.embedded import embedded_server
@@ -64,6 +74,17 @@ def _exec_server(argv: list[str]) -> int:
     return EXIT_ERROR  # not reached
 
 
+def _flag(parse):
+    """An argparse type of a parser that raises ValueError: its message is the error shown."""
+    def checked(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    checked.__name__ = parse.__name__
+    return checked
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gigaudit", description=__doc__, formatter_class=DefaultsFormatter)
     parser.add_argument("--version", action="version", version=f"gigaudit {_version()}")
@@ -71,10 +92,14 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit a model on a dataset, write the report, gate on a policy",
                            formatter_class=DefaultsFormatter)
-    audit.add_argument("--model", required=True, type=Path, help="weights (.safetensors)")
+    audit.add_argument("--model", required=True, type=Path, help="weights: .safetensors; .onnx for --arch onnx; a "
+                       "save_pretrained folder (or a tar/zip of it) for --arch huggingface")
     audit.add_argument("--arch", required=True, help="architecture name (see `gigaudit architectures`)")
     audit.add_argument("--num-classes", required=True, type=int)
-    audit.add_argument("--dataset", required=True, type=Path, help="folder (class/image.png) or tar/zip archive")
+    audit.add_argument("--dataset", required=True, type=_dataset_source,
+                       help="folder (class/image.png, a saved Hugging Face dataset, WebDataset shards), tar/zip "
+                            "archive or .parquet file (uploaded), or a URI (s3://, gs://, hf://, file://) on the "
+                            "server's allow-list, read where it is (also CSV/JSONL manifests of image URIs)")
     audit.add_argument("--probes", type=Path, default=None, help="probe sets that name concepts: a folder (or "
                        "tar/zip) with one folder of images per name, e.g. watermark/, optional masks in "
                        "watermark/masks/ (same file names); images of the dataset's size and mode")
@@ -84,12 +109,24 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--layers", nargs="+", default=[], help="analysed layers (default: the model's default)")
     audit.add_argument("--class-names", nargs="+", default=[],
                        help="class names, index = class id (default: the dataset's class folders)")
-    audit.add_argument("--input-size", type=int, default=None, help="side of the square input images in px "
-                       "(default: the model's configuration, else the dataset's median image size)")
-    audit.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: ImageNet's, "
+    audit.add_argument("--input-size", type=_flag(preprocessing.parse_input_size), default=None, metavar="N|HxW",
+                       help="input size in px: N (square) or HxW (default: the model's own configuration, else the "
+                       "dataset's median image size)")
+    audit.add_argument("--resize", choices=list(preprocessing.RESIZE_MODES), default=None,
+                       help="shorter-side-crop: resize the shorter side, crop the centre (aspect ratio kept); exact: "
+                       "resize to the input size (default: the model's configuration, else shorter-side-crop)")
+    audit.add_argument("--crop-pct", type=_flag(preprocessing.parse_crop_pct), default=None,
+                       help="fraction of the resized image the centre crop keeps, e.g. 0.875 (default: the model's "
+                       "configuration, else 1)")
+    audit.add_argument("--interpolation", choices=preprocessing.INTERPOLATIONS, default=None,
+                       help="resampling filter (default: the model's configuration, else bilinear)")
+    audit.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the model's "
+                       "configuration, else ImageNet's, "
                        f"{' '.join(map(str, preprocessing.IMAGENET_MEAN))})")
-    audit.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: ImageNet's, "
+    audit.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the model's "
+                       "configuration, else ImageNet's, "
                        f"{' '.join(map(str, preprocessing.IMAGENET_STD))})")
+    add_build_flags(audit)
     audit.add_argument("--n-concepts", type=int, default=0, help="concepts per layer (default: server default, gig's)")
     audit.add_argument("--steps", type=int, default=0, help="quadrature steps (default: server default, gig's)")
     audit.add_argument("--top-t", type=int, default=0,
@@ -260,10 +297,13 @@ def _register_model(args, client: AuditClient, progress: bool):
     """Upload the weights under an id covering them and every setting that changes an audit; an existing model of
     that id is reused only when it has exactly those settings."""
     model_id, request_id, wanted = _model_registration(args)
+    transform = _transform(args)
     try:
         model = client.upload_model(args.model, model_id, architecture=args.arch, num_classes=args.num_classes,
                                     class_names=args.class_names, input_size=args.input_size, mean=args.mean,
-                                    std=args.std, request_id=request_id, progress=progress, timeout=_left(args))
+                                    std=args.std, preprocessing=transform.request(),
+                                    architecture_options=architecture_options(args), tracer=tracer_options(args),
+                                    request_id=request_id, progress=progress, timeout=_left(args))
     except GigauditError as exc:
         if exc.code != grpc.StatusCode.ALREADY_EXISTS:
             raise
@@ -275,24 +315,53 @@ def _register_model(args, client: AuditClient, progress: bool):
     if differences:
         raise ValueError(f"models/{model_id} is registered with other settings ({'; '.join(differences)}); "
                          "delete it (`gigaudit models delete`) or rename the weights file")
+    resolved = preprocessing.resolved(model)
+    if resolved and not (getattr(args, "transform_printed", False)
+                         and preprocessing.same(transform.predicted(), resolved)):
+        print(f"gigaudit: transform: {preprocessing.describe_model(model)}", file=sys.stderr)
     return model
+
+
+def _weights_digest(path: Path) -> str:
+    """sha256 of the file the upload sends: the weights file, or a model folder packed as `upload_model` packs it."""
+    with _model_file(path) as sent:
+        return _file_digest(sent)[1]
 
 
 def _model_registration(args) -> tuple[str, str, dict]:
     """(model id, request id, settings): both ids cover the weights and every setting that changes an audit."""
-    wanted = {"sha256": _file_digest(args.model)[1], "architecture": args.arch, "num_classes": args.num_classes,
+    wanted = {"sha256": _weights_digest(args.model), "architecture": args.arch, "num_classes": args.num_classes,
               "class_names": list(args.class_names), "input_size": args.input_size,
               "mean": [float(v) for v in args.mean], "std": [float(v) for v in args.std]}
+    requested = _transform(args).requested()  # --input-size, --resize, --crop-pct, --interpolation, --mean, --std
+    if requested:
+        wanted["preprocessing"] = requested
+    wanted.update(build_settings(args))  # --arch-option, --leaf-module, --autowrap-function, --hooked-layer
     digest = _digest(wanted)
     return f"{_stem(args.model)}-{digest[:12]}", f"cli-model-{digest[:32]}", wanted
+
+
+def _transform(args) -> preprocessing.Transform:
+    """The transform _choose_preprocessing settled; without it (a caller's own settings), the one the settings
+    ask for."""
+    transform = getattr(args, "transform", None)
+    return transform or preprocessing.choose(
+        args.input_size, args.model, None, args.mean, args.std, resize=getattr(args, "resize", None),
+        crop_pct=getattr(args, "crop_pct", None), interpolation=getattr(args, "interpolation", None))
 
 
 def _choose_preprocessing(args, dataset) -> None:
     """Settle input size, normalisation and class names from the flags, the model and the dataset, and say which
     (before anything is uploaded or started)."""
-    transform = preprocessing.choose(args.input_size, args.model, dataset, args.mean, args.std)
-    args.input_size, args.mean, args.std = transform.side, transform.mean, transform.std
-    print(f"gigaudit: transform: {transform.describe()}", file=sys.stderr)
+    transform = preprocessing.choose(args.input_size, args.model, dataset, args.mean, args.std,
+                                     resize=getattr(args, "resize", None), crop_pct=getattr(args, "crop_pct", None),
+                                     interpolation=getattr(args, "interpolation", None))
+    args.transform, args.input_size, args.mean, args.std = transform, transform.input_size, transform.mean, \
+        transform.std
+    # a model with its own configuration: the server resolves the transform; said once registered
+    args.transform_printed = not preprocessing.has_own_config(args.arch)
+    if args.transform_printed:
+        print(f"gigaudit: transform: {transform.describe()}", file=sys.stderr)
     warning = preprocessing.upsampling_warning(transform, dataset)
     if warning:
         print(f"gigaudit: warning: {warning}", file=sys.stderr)
@@ -314,10 +383,19 @@ def _check_weights(args) -> None:
         raise ValueError(problem)
 
 
+def _dataset_source(value: str) -> Path | str:
+    """A --dataset value: a URI (kept as it is) or a local path."""
+    return value if value.startswith(DATASET_URI_SCHEMES) else Path(value)
+
+
 def _register_dataset(args, client: AuditClient, progress: bool, path: Path | None = None):
     """Upload the dataset (`path`, default --dataset; a folder packed into a tar once) under an id from its
-    content; an existing dataset of that id is reused only when its content is the same."""
+    content; an existing dataset of that id is reused only when its content is the same. A URI is registered
+    (read in place by the workers) under an id from the URI; an existing dataset of that id is reused when it
+    has the same URI."""
     path = path or args.dataset
+    if isinstance(path, str):
+        return _register_dataset_uri(path, client, progress)
     with _archive(path) as (archive, _):
         sha = _file_digest(archive)[1]
         dataset_id = f"{_stem(path)}-{sha[:12]}"
@@ -331,6 +409,24 @@ def _register_dataset(args, client: AuditClient, progress: bool, path: Path | No
     if dataset.sha256 != sha:  # also after a replayed request id: the id may have been deleted and reused
         raise ValueError(f"datasets/{dataset_id} holds other content (sha256 {dataset.sha256[:12]}…, this one "
                          f"{sha[:12]}…); delete it (`gigaudit datasets delete`) or rename the dataset")
+    return dataset
+
+
+def _register_dataset_uri(uri: str, client: AuditClient, progress: bool):
+    digest = hashlib.sha256(uri.encode()).hexdigest()
+    dataset_id = f"{_stem(Path(uri.rstrip('/').rsplit('/', 1)[-1]))}-{digest[:12]}"
+    try:
+        dataset = client.register_dataset(uri, dataset_id, display_name=uri.rstrip("/").rsplit("/", 1)[-1],
+                                          request_id=f"cli-dataset-uri-{digest[:32]}", progress=progress)
+    except GigauditError as exc:
+        if exc.code != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        dataset = client.get_dataset(dataset_id)
+        if dataset.state == resource_state_pb2.RESOURCE_STATE_CREATING and dataset.operation:
+            dataset = client.wait(dataset.operation, progress=progress)
+    if dataset.uri != uri:
+        raise ValueError(f"datasets/{dataset_id} was registered from {dataset.uri!r}, not {uri!r}; delete it "
+                         "(`gigaudit datasets delete`)")
     return dataset
 
 
@@ -422,6 +518,16 @@ def _model_differences(model, wanted: dict) -> list[str]:
     """'field: registered vs given' for each setting of `wanted` the registered model does not have."""
     found = []
     for field, value in wanted.items():
+        if field == "preprocessing":  # what the flags set, against the resolved transform
+            found += preprocessing.differences(preprocessing.resolved(model) or {}, value)
+            continue
+        if field in ("architecture_options", "tracer"):
+            have = json_format.MessageToDict(getattr(model, field), preserving_proto_field_name=True)
+            if field == "tracer":
+                value = {k: v for k, v in value.items() if v}
+            if have != value:
+                found.append(f"{field}: {have} registered vs {value} given")
+            continue
         have = getattr(model, field)
         have = list(have) if not isinstance(have, (str, int)) else have
         if field in ("mean", "std"):  # float32 on the wire

@@ -43,8 +43,12 @@ from gigaudit.v1 import probe_service_pb2_grpc as probe_grpc
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 64 << 20
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+HF_MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 DATASET_FORMATS = {".zip": dataset_pb.DATASET_FORMAT_ZIP, ".tar": dataset_pb.DATASET_FORMAT_TAR,
-                   ".tgz": dataset_pb.DATASET_FORMAT_TAR, ".gz": dataset_pb.DATASET_FORMAT_TAR}
+                   ".tgz": dataset_pb.DATASET_FORMAT_TAR, ".gz": dataset_pb.DATASET_FORMAT_TAR,
+                   ".parquet": dataset_pb.DATASET_FORMAT_PARQUET}
+DATASET_URI_SCHEMES = ("s3://", "gs://", "hf://", "file://")  # what register_dataset reads in place
+HF_DATASET_FILES = ("dataset_info.json", "state.json")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -123,27 +127,33 @@ class AuditClient:
     # --- models ------------------------------------------------------------------------------
     def upload_model(self, path: str | Path, model_id: str, *, architecture: str, num_classes: int,
                      class_names: Sequence[str] = (), input_size: int = 0, mean: Sequence[float] = (),
-                     std: Sequence[float] = (), display_name: str = "", request_id: str | None = None,
-                     progress: bool = False, wait: bool = True, timeout: float | None = None):
-        """Upload safetensors weights as `models/{model_id}`; with `wait`, return the `Model` once a worker has
-        checked the weights (ACTIVE), else the operation that checks them.
+                     std: Sequence[float] = (), preprocessing: model_pb.Preprocessing | None = None,
+                     architecture_options: dict | None = None, tracer: model_pb.TracerOptions | None = None,
+                     display_name: str = "", request_id: str | None = None, progress: bool = False,
+                     wait: bool = True, timeout: float | None = None):
+        """Upload weights as `models/{model_id}`; with `wait`, return the `Model` once a worker has checked the
+        weights (ACTIVE), else the operation that checks them.
+
+        The file is the architecture's `weights_format` (ListArchitectures): safetensors; for `huggingface` a tar
+        or zip of config.json and model.safetensors (a folder is packed for you); for `onnx` the .onnx file.
+        `preprocessing` fields left unset come from the model's own configuration (timm, Hugging Face, ONNX),
+        else `input_size`/`mean`/`std`; `architecture_options` are the builder's keyword arguments (timm, plugins);
+        `tracer` helps with models torch.fx cannot trace (leaf modules, hooked layers).
 
         A failed check raises GigauditError (the model is removed); `timeout` (seconds of waiting for the check)
         raises GigauditError(DEADLINE_EXCEEDED) and leaves the check running: call `wait(op)` or upload again with
         the same `request_id` (the server answers with the same operation; nothing is registered twice)."""
-        path = Path(path)
-        size, sha = _file_digest(path)
-        model = model_pb.Model(display_name=display_name or model_id, architecture=architecture,
-                               num_classes=num_classes, class_names=list(class_names), input_size=input_size,
-                               mean=list(mean), std=list(std), size_bytes=size, sha256=sha)
-        header = model_pb.UploadModelHeader(model_id=model_id, model=model, request_id=request_id or _request_id())
-
-        def requests():
-            yield model_pb.UploadModelRequest(header=header)
-            for chunk in _chunks(path, progress, f"upload {path.name}"):
-                yield model_pb.UploadModelRequest(chunk=chunk)
-
-        op = self._upload(self.models.UploadModel, requests)
+        with _model_file(Path(path)) as path:
+            size, sha = _file_digest(path)
+            model = model_pb.Model(display_name=display_name or model_id, architecture=architecture,
+                                   num_classes=num_classes, class_names=list(class_names), input_size=input_size,
+                                   mean=list(mean), std=list(std), size_bytes=size, sha256=sha,
+                                   preprocessing=preprocessing, tracer=tracer)
+            model.architecture_options.update(architecture_options or {})
+            header = model_pb.UploadModelHeader(model_id=model_id, model=model,
+                                                request_id=request_id or _request_id())
+            op = self._upload(self.models.UploadModel, _upload_stream(
+                model_pb.UploadModelRequest, header, path, progress, f"upload {path.name}"))
         if not wait:
             return op
         model = self.wait(op.name, timeout=timeout, progress=progress)
@@ -159,38 +169,61 @@ class AuditClient:
         """Delete a model; `force` also deletes its concept sets and graphs and cancels its operations."""
         self._call(self.models.DeleteModel, model_pb.DeleteModelRequest(name=_named("models", name), force=force))
 
-    def list_layers(self, model: str | None = None, *, architecture: str = "",
-                    num_classes: int = 0) -> model_pb.ListLayersResponse:
-        """The layers of a registered model, or of `architecture` with `num_classes` before any upload (name, type,
-        whether it is an analysable cut and why not, whether it is a default)."""
+    def list_layers(self, model: str | None = None, *, architecture: str = "", num_classes: int = 0,
+                    architecture_options: dict | None = None,
+                    tracer: model_pb.TracerOptions | None = None) -> model_pb.ListLayersResponse:
+        """The layers of a registered model, or of `architecture` with `num_classes` (and the builder's options)
+        before any upload (name, type, whether it is an analysable cut and why not, whether it is a default)."""
         if model:
             request = model_pb.ListLayersRequest(parent=_named("models", model))
         elif architecture and num_classes > 0:
-            request = model_pb.ListLayersRequest(architecture=architecture, num_classes=num_classes)
+            request = model_pb.ListLayersRequest(architecture=architecture, num_classes=num_classes, tracer=tracer)
+            request.architecture_options.update(architecture_options or {})
         else:
             raise ValueError("list_layers needs a model, or an architecture and a positive num_classes")
         return self._call(self.models.ListLayers, request)
 
-    def list_architectures(self) -> list[model_pb.Architecture]:
-        return list(self._call(self.models.ListArchitectures, model_pb.ListArchitecturesRequest()).architectures)
+    def list_architectures(self, family: str = "") -> list[model_pb.Architecture]:
+        """Every architecture the workers can build (of one `family`: torchvision, gigaudit, timm, huggingface,
+        onnx, plugin), with where it comes from and the weights file it takes."""
+        return list(self._call(self.models.ListArchitectures,
+                               model_pb.ListArchitecturesRequest(family=family)).architectures)
 
     # --- datasets ----------------------------------------------------------------------------
-    def upload_dataset(self, path: str | Path, dataset_id: str, *, display_name: str = "",
-                       request_id: str | None = None, progress: bool = False) -> dataset_pb.Dataset:
-        """Upload a tar/zip archive, or a folder (packed into a tar: `class/image.png`, or flat = unlabelled)."""
+    def upload_dataset(self, path: str | Path, dataset_id: str, *, display_name: str = "", image_column: str = "",
+                       label_column: str = "", request_id: str | None = None,
+                       progress: bool = False) -> dataset_pb.Dataset:
+        """Upload a dataset: a tar/zip archive (ImageFolder, a WebDataset shard, a saved Hugging Face dataset), a
+        .parquet file, or a folder, packed into a tar: images (`class/image.png`, or flat = unlabelled), a Hugging
+        Face dataset saved with `save_to_disk`, or WebDataset shards (their members in one tar). The server detects
+        the format from the content; `image_column`/`label_column` name the columns of parquet and Hugging Face
+        data (empty: found by name). A CSV/JSONL manifest of image URIs is registered by URI
+        (`register_dataset`)."""
         with _archive(Path(path)) as (archive, fmt):
             size, sha = _file_digest(archive)
             dataset = dataset_pb.Dataset(display_name=display_name or dataset_id, format=fmt, size_bytes=size,
-                                         sha256=sha)
+                                         sha256=sha, image_column=image_column, label_column=label_column)
             header = dataset_pb.UploadDatasetHeader(dataset_id=dataset_id, dataset=dataset,
                                                     request_id=request_id or _request_id())
+            return self._upload(self.datasets.UploadDataset, _upload_stream(
+                dataset_pb.UploadDatasetRequest, header, archive, progress, f"upload {Path(path).name}"))
 
-            def requests():
-                yield dataset_pb.UploadDatasetRequest(header=header)
-                for chunk in _chunks(archive, progress, f"upload {Path(path).name}"):
-                    yield dataset_pb.UploadDatasetRequest(chunk=chunk)
-
-            return self._upload(self.datasets.UploadDataset, requests)
+    def register_dataset(self, uri: str, dataset_id: str, *, display_name: str = "", image_column: str = "",
+                         label_column: str = "", sha256: str = "", request_id: str | None = None,
+                         wait: bool = True, timeout: float | None = None, progress: bool = False):
+        """Register the dataset at `uri` (s3://, gs://, hf://, file://, on the server's allow-list: a file, or a
+        folder of WebDataset shards, parquet files or a saved Hugging Face dataset; or a CSV/JSONL manifest of
+        image URIs), read where it is by the workers, never copied. With `wait`, return the `Dataset` once a worker
+        has inspected it (ACTIVE), else the operation that inspects it. A failed inspection raises GigauditError
+        (nothing stays registered); `timeout` raises GigauditError(DEADLINE_EXCEEDED) and leaves it running."""
+        if not uri.startswith(DATASET_URI_SCHEMES):
+            raise ValueError(f"a dataset URI starts with {', '.join(DATASET_URI_SCHEMES)}, not {uri!r}")
+        request = dataset_pb.RegisterDatasetRequest(
+            dataset_id=dataset_id, request_id=request_id or _request_id(),
+            dataset=dataset_pb.Dataset(uri=uri, display_name=display_name or dataset_id, sha256=sha256,
+                                       image_column=image_column, label_column=label_column))
+        op = self._call(self.datasets.RegisterDataset, request)
+        return self.wait(op.name, timeout=timeout, progress=progress) if wait else op
 
     def get_dataset(self, name: str) -> dataset_pb.Dataset:
         return self._call(self.datasets.GetDataset, dataset_pb.GetDatasetRequest(name=_named("datasets", name)))
@@ -471,7 +504,7 @@ def operation_result(op: operations_pb2.Operation):
     if op.HasField("error"):
         raise GigauditError.from_status(op.error)
     for kind in (audit_pb.AuditResult, audit_pb.ConceptGraph, audit_pb.ConceptSet, model_pb.Model,
-                 audit_pb.ImageExplanation):
+                 audit_pb.ImageExplanation, dataset_pb.Dataset):
         if op.response.Is(kind.DESCRIPTOR):
             result = kind()
             op.response.Unpack(result)
@@ -550,6 +583,44 @@ def _file_digest(path: Path) -> tuple[int, str]:
     return path.stat().st_size, digest.hexdigest()
 
 
+@contextmanager
+def _model_file(path: Path):
+    """The weights file to upload: ``path`` itself, or a folder (a Hugging Face model saved with
+    ``save_pretrained``: config.json, model.safetensors, optionally preprocessor_config.json) packed into a
+    temporary tar of those files."""
+    if path.is_file():
+        yield path
+        return
+    if not path.is_dir():
+        raise ValueError(f"no such weights file or model folder: {path}")
+    wanted = [path / name for name in HF_MODEL_FILES if (path / name).is_file()]
+    missing = [name for name in HF_MODEL_FILES[:2] if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"a model folder holds {' and '.join(HF_MODEL_FILES[:2])} (save_pretrained); "
+                         f"{path} lacks {', '.join(missing)}")
+    fd, name = tempfile.mkstemp(suffix=".tar")
+    os.close(fd)
+    try:
+        with tarfile.open(name, "w", format=tarfile.PAX_FORMAT) as tar:
+            for file in wanted:
+                info = tarfile.TarInfo(file.name)
+                data = file.read_bytes()
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+def _upload_stream(request_type, header, path: Path, progress: bool, label: str) -> Callable[[], Iterator]:
+    """The requests of an upload stream, again for every attempt: the header, then the file's chunks."""
+    def requests():
+        yield request_type(header=header)
+        for chunk in _chunks(path, progress, label):
+            yield request_type(chunk=chunk)
+    return requests
+
+
 def _chunks(path: Path, progress: bool, label: str) -> Iterator[bytes]:
     bar = None
     if progress:
@@ -569,27 +640,61 @@ def _chunks(path: Path, progress: bool, label: str) -> Iterator[bytes]:
 
 @contextmanager
 def _archive(path: Path):
-    """(archive path, DatasetFormat) of a tar/zip file, or of a folder packed into a temporary tar."""
+    """(file path, DatasetFormat) of a dataset file, or of a folder packed into a temporary tar: a saved Hugging
+    Face dataset (its files), WebDataset shards (their members, in shard order) or images."""
     if path.is_file():
         suffix = path.suffix.lower()
+        if suffix in (".csv", ".jsonl"):
+            raise ValueError(f"{path.name} is a manifest of image URIs: register it by URI (register_dataset, or "
+                             "--dataset file://…, s3://…)")
         if suffix not in DATASET_FORMATS:
-            raise ValueError(f"a dataset is a folder or an archive ({', '.join(DATASET_FORMATS)}), got {path.name}")
+            raise ValueError(f"a dataset is a folder, an archive or a parquet file ({', '.join(DATASET_FORMATS)}), "
+                             f"got {path.name}")
         yield path, DATASET_FORMATS[suffix]
         return
     if not path.is_dir():
-        raise ValueError(f"no such dataset folder or archive: {path}")
-    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+        raise ValueError(f"no such dataset folder or file: {path}")
+    if (path / "dataset_dict.json").is_file():
+        raise ValueError(f"{path} is a Hugging Face DatasetDict; upload the folder of one split")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    shards = [p for p in files if p.suffix.lower() == ".tar"]
+    if any((path / name).is_file() for name in HF_DATASET_FILES):
+        members, fmt = [(p.name, p) for p in files], dataset_pb.DATASET_FORMAT_HF_DATASET
+    elif shards:
+        members, fmt = None, dataset_pb.DATASET_FORMAT_WEBDATASET
+    else:
+        images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}), saved Hugging Face dataset or "
+                             f"WebDataset shards (.tar) under {path}")
+        members, fmt = [(p.relative_to(path).as_posix(), p) for p in images], dataset_pb.DATASET_FORMAT_TAR
     fd, name = tempfile.mkstemp(suffix=".tar")
     os.close(fd)
     try:
         with tarfile.open(name, "w", format=tarfile.PAX_FORMAT) as tar:
-            for image in images:
-                info = tarfile.TarInfo(image.relative_to(path).as_posix())
-                data = image.read_bytes()
+            if members is None:
+                _concatenate_shards(tar, shards)
+            for member, file in members or ():
+                info = tarfile.TarInfo(member)
+                data = file.read_bytes()
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
-        yield Path(name), dataset_pb.DATASET_FORMAT_TAR
+        yield Path(name), fmt
     finally:
         os.unlink(name)
+
+
+def _concatenate_shards(tar: tarfile.TarFile, shards: list[Path]) -> None:
+    """The regular file members of WebDataset ``shards``, in order, into ``tar`` (one shard of them all)."""
+    for shard in shards:
+        with tarfile.open(shard, "r:*") as source:
+            for member in source:
+                if not member.isfile():
+                    raise ValueError(f"{shard.name}: member {member.name!r} is not a regular file")
+                tar.addfile(_plain(member), source.extractfile(member))
+
+
+def _plain(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(member.name)
+    info.size, info.mtime, info.mode = member.size, 0, 0o644
+    return info

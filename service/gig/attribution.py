@@ -27,12 +27,15 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
+from gig.concepts.conceptset import ConceptSet
 from gig.data import check_images, eval_mode
 from gig.layers import LOGITS, traced
 from gig.pfv import from_pfvs, to_pfvs
 from gig.quadrature import DEFAULT, check_method, choose_rule, default_steps, quadrature
 from gig.targets import DEFAULT_CLASS_TARGET, MASKS, check_class_target, class_targets, concept_targets
+from gig.types import Images, Steps
 
 PATHS = ("reconstruction", "activation")
 AUTO_START_STEPS = None  # steps="auto" starts at the rule's default steps (gig.quadrature.default_steps)
@@ -210,9 +213,11 @@ def dataset_delta(attributions, target_difference) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- public API
-def attribute(model, images, concepts, source, target, targets=None, top_t=5, steps=None, method=DEFAULT,
-              path="reconstruction", return_delta=False, labels=None, tolerance=None, max_batch_rows=None,
-              mask="positive", class_target=DEFAULT_CLASS_TARGET) -> Attribution:
+def attribute(model: nn.Module, images: Images, concepts: ConceptSet, source: str, target: str,
+              targets: torch.Tensor | None = None, top_t: int = 5, steps: Steps = None, method: str = DEFAULT,
+              path: str = "reconstruction", return_delta: bool = False, labels: torch.Tensor | None = None,
+              tolerance: float | None = None, max_batch_rows: int | None = None, mask: str = "positive",
+              class_target: str = DEFAULT_CLASS_TARGET) -> Attribution:
     """GIG from the concepts of layer ``source`` to the targets at ``target`` (the next analysed layer or
     ``"logits"``) for ``images`` ``(B, 3, H, W)``.
 

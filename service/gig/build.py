@@ -9,8 +9,12 @@ met it) and the reconstruction error of every layer are added to its evidence. G
 """
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
+import torch
+from torch import nn
+
+from gig.concepts.conceptset import ConceptSet
 from gig.attribution import PATHS, check_steps, class_targets, completeness_delta, concept_targets, \
     integrate_to_tolerance
 from gig.targets import DEFAULT_CLASS_TARGET, check_class_target
@@ -19,11 +23,14 @@ from gig.graph import ConceptGraph, completeness_entry, merge_evidence, reconstr
 from gig.layers import LOGITS, traced
 from gig.pfv import to_pfvs
 from gig.quadrature import DEFAULT, check_method
+from gig.types import Data, Device, Progress, Steps
 
 
-def build_graph(model, data, concepts, layers=None, steps=None, top_t=5, method=DEFAULT, path="reconstruction",
-                max_batch_rows=None, device=None, progress=None, class_names=None, start_index=0,
-                tolerance=None, class_target=DEFAULT_CLASS_TARGET) -> ConceptGraph:
+def build_graph(model: nn.Module, data: Data, concepts: ConceptSet, layers: Sequence[str] | None = None,
+                steps: Steps = None, top_t: int = 5, method: str = DEFAULT, path: str = "reconstruction",
+                max_batch_rows: int | None = None, device: Device = None, progress: Progress | None = None,
+                class_names: Sequence[str] | None = None, start_index: int = 0, tolerance: float | None = None,
+                class_target: str = DEFAULT_CLASS_TARGET) -> ConceptGraph:
     """The concept graph of ``model`` over ``data`` (images or ``(images, labels)`` batches).
 
     ``concepts``: a :class:`gig.ConceptSet` covering ``layers`` (default: all of its layers). Targets per image:

@@ -21,8 +21,12 @@ and the ``relative`` error of :func:`gig.attribution.completeness_delta`. Per se
 from __future__ import annotations
 
 import numpy as np
-import torch
+from collections.abc import Sequence
 
+import torch
+from torch import nn
+
+from gig.concepts.conceptset import ConceptSet
 from gig.attribution import PATHS, check_steps, completeness_delta, integrate_to_tolerance
 from gig.build import check_concept_layers
 from gig.data import check_images, eval_mode
@@ -32,12 +36,16 @@ from gig.layers import LOGITS, traced
 from gig.pfv import to_pfvs
 from gig.quadrature import DEFAULT, check_method
 from gig.targets import DEFAULT_CLASS_TARGET, check_class_target, class_targets, concept_targets
+from gig.types import Steps
 
 DEFAULT_TOP_K = 5
 
 
-def explain(model, image, concepts, graph=None, *, layers=None, target=None, top_k=DEFAULT_TOP_K, steps=None,
-            method=None, path=None, class_target=None, tolerance=None, class_names=None) -> dict:
+def explain(model: nn.Module, image: torch.Tensor, concepts: ConceptSet, graph: ConceptGraph | dict | None = None,
+            *, layers: Sequence[str] | None = None, target: int | str | None = None,
+            top_k: int | None = DEFAULT_TOP_K, steps: Steps = None, method: str | None = None,
+            path: str | None = None, class_target: str | None = None, tolerance: float | None = None,
+            class_names: Sequence[str] | None = None) -> dict:
     """The concepts that carried ``image``'s class ``target`` (default: the predicted class) at every analysed layer.
 
     ``image``: ``(3, H, W)`` or ``(1, 3, H, W)``, preprocessed like the model's input. ``concepts``: a

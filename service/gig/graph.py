@@ -16,8 +16,10 @@ Who counts what:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 import torch
 
@@ -62,8 +64,8 @@ class ConceptGraph:
     :func:`gig.build_graph` through :meth:`add_images`, :meth:`add_presence` and :meth:`add_attributions`.
     """
 
-    def __init__(self, sizes: dict[str, int], n_classes: int, classes=None, params: dict | None = None,
-                 n_exemplars: int = N_EXEMPLARS, residual: bool = False):
+    def __init__(self, sizes: dict[str, int], n_classes: int, classes: Sequence[str] | None = None,
+                 params: dict | None = None, n_exemplars: int = N_EXEMPLARS, residual: bool = False):
         if not isinstance(sizes, dict) or not sizes or LOGITS in sizes:
             raise ValueError(f"sizes must map analysed layers (not {LOGITS!r}) to concept counts, got {sizes!r}")
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in [*sizes.values(), n_classes]):
@@ -366,10 +368,8 @@ class ConceptGraph:
             raise ValueError(f"corrupt concept graph dict: missing or malformed {exc}") from exc
         return graph
 
-    def to_networkx(self):
+    def to_networkx(self) -> nx.DiGraph:
         """A ``networkx.DiGraph`` with the scalar fields of nodes and edges as attributes."""
-        import networkx as nx
-
         g = nx.DiGraph(layers=list(self.layers), classes=list(self.classes), n_images=self.n_images)
         for nid in self._nodes:
             g.add_node(nid, **_scalars(self.node(nid)))

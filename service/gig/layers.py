@@ -7,13 +7,18 @@ tensor's shape do not count). Between two cuts ``a`` and ``b`` the :class:`Trace
 small graph module that maps ``X^a`` to ``X^b`` (or to the logits) and runs nothing else. :func:`default_layers`
 picks the stage or block outputs of any traceable model by the rules in its docstring.
 
-No hooks are used: outputs are read from the traced graph itself.
+No hooks are used: outputs are read from the traced graph itself. A model fx cannot trace as it is can be given
+:class:`TracerOptions` with :func:`configure_tracing`: ``leaf_modules`` and ``autowrap_functions`` keep code out of
+the trace (as torchvision's feature extraction does); ``hooked_layers`` skips fx and captures the named layers with
+forward hooks (:class:`gig.hooks.HookedModel`, docs/tracing.md). Every gig entry point honours the options.
 """
 from __future__ import annotations
 
 import operator
+import sys
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Mapping
 
 import torch
 from torch import fx, nn
@@ -33,6 +38,61 @@ class LayerInfo:
     type: str
     is_cut: bool
     reason: str = ""  # why it is not a cut (empty when it is)
+    capture: str = "fx"  # how its output is read: "fx" (a node of the traced graph) or "hook" (a forward hook)
+
+
+@dataclass(frozen=True)
+class TracerOptions:
+    """How gig finds a model's layers when torch.fx cannot trace it as it is.
+
+    ``leaf_modules``: module paths of the model (``"blocks.1"``) or class names (``"GatedBlock"``, or
+    ``"package.module.GatedBlock"``) that fx keeps whole, as one node, instead of tracing inside them.
+    ``autowrap_functions``: ``"module.function"`` names of functions in modules already imported
+    (``sys.modules``; gig never imports one) that fx records as one call instead of tracing them.
+    ``hooked_layers``: module paths captured with forward hooks; fx is not used at all
+    (:class:`gig.hooks.HookedModel`), and each such layer is a cut only after a replace-and-compare test.
+    """
+
+    leaf_modules: tuple[str, ...] = ()
+    autowrap_functions: tuple[str, ...] = ()
+    hooked_layers: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"TracerOptions.{field.name} must be a list of non-empty strings, got {value!r}")
+            if len(set(value)) != len(value):
+                raise ValueError(f"TracerOptions.{field.name} has duplicates: {list(value)}")
+            object.__setattr__(self, field.name, tuple(value))
+        if self.hooked_layers and (self.leaf_modules or self.autowrap_functions):
+            raise ValueError("hooked_layers replace torch.fx, so they cannot be combined with leaf_modules or "
+                             "autowrap_functions (which only steer fx); give either")
+
+    @classmethod
+    def from_dict(cls, spec: Mapping | None) -> "TracerOptions":
+        """Options from a ``queue.schemas.TracerSpec`` dict (``None`` or ``{}``: plain fx)."""
+        spec = dict(spec or {})
+        valid = [field.name for field in fields(cls)]
+        unknown = sorted(set(spec) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown tracer options {unknown}; valid options are: {', '.join(valid)}")
+        values = {name: spec.get(name) or () for name in valid}
+        return cls(**{name: v if isinstance(v, str) else tuple(v) for name, v in values.items()})
+
+    def __bool__(self) -> bool:
+        return bool(self.leaf_modules or self.autowrap_functions or self.hooked_layers)
+
+
+@dataclass(frozen=True)
+class _Tracing:
+    """What :func:`configure_tracing` attaches to a model."""
+
+    options: TracerOptions
+    input_size: tuple[int, ...] | None
+
+
+_TRACING_ATTRIBUTE = "_gig_tracing"
 
 
 def _is_shape_read(node: fx.Node) -> bool:
@@ -93,18 +153,131 @@ def _module_path(key: str) -> str:
     return key.split("@")[0]
 
 
+def _class_names(module: nn.Module) -> tuple[str, str]:
+    kind = type(module)
+    return kind.__name__, f"{kind.__module__}.{kind.__qualname__}"
+
+
+def candidate_paths(model: nn.Module, limit: int = 12) -> list[str]:
+    """Top-level blocks of ``model``: its children, a plain container child standing for its members; while
+    fewer than ``MIN_DEFAULT_LAYERS`` are found (a wrapper), those that have children are opened."""
+
+    def opened(prefix: str, module: nn.Module) -> list[str]:
+        found = []
+        for name, child in module.named_children():
+            path = f"{prefix}.{name}" if prefix else name
+            if type(child) in _CONTAINERS and len(child):
+                found.extend(f"{path}.{member}" for member, _ in child.named_children())
+            else:
+                found.append(path)
+        return found
+
+    found = opened("", model)
+    while 0 < len(found) < MIN_DEFAULT_LAYERS:
+        deeper = [p for name in found for p in (opened(name, model.get_submodule(name)) or [name])]
+        if deeper == found:
+            break
+        found = deeper
+    return found[:limit] + ([f"… ({len(found) - limit} more)"] if len(found) > limit else [])
+
+
+def check_leaf_modules(model: nn.Module, leaf_modules) -> None:
+    """``ValueError`` for a leaf module that is neither a module path of ``model`` nor a class name of one."""
+    submodules = {name: module for name, module in model.named_modules() if name}  # the root is never a leaf
+    classes = {n for module in submodules.values() for n in _class_names(module)}
+    for leaf in leaf_modules:
+        if leaf not in submodules and leaf not in classes:
+            shown = sorted({_class_names(m)[0] for m in submodules.values()})[:_LISTED]
+            raise ValueError(
+                f"unknown leaf module {leaf!r}: it is neither a module path of {type(model).__name__} "
+                f"(e.g. {', '.join(candidate_paths(model)) or 'none'}) nor a class name of one of its modules "
+                f"({', '.join(shown)})"
+            )
+
+
+def resolve_function(name: str):
+    """The function ``"module.function"`` names, looked up in ``sys.modules`` only (nothing is imported)."""
+    module_name, _, attribute = name.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"autowrap function {name!r} must be written 'module.function'")
+    module = sys.modules.get(module_name)
+    if module is None:
+        raise ValueError(f"autowrap function {name!r}: module {module_name!r} is not imported; gig looks "
+                         "autowrap_functions up in modules already imported (sys.modules) and never imports one")
+    function = vars(module).get(attribute)  # vars(), not getattr(): a lazy module's __getattr__ could import
+    if function is None:
+        raise ValueError(f"autowrap function {name!r}: module {module_name!r} has no attribute {attribute!r}")
+    if not callable(function) or isinstance(function, type):
+        raise ValueError(f"autowrap function {name!r} is a {type(function).__name__}, not a function")
+    return function
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer that keeps the given modules whole and remembers the innermost module a failure came from."""
+
+    def __init__(self, options: TracerOptions):
+        super().__init__(autowrap_functions=tuple(resolve_function(f) for f in options.autowrap_functions))
+        self.leaves = set(options.leaf_modules)
+        self.leaf_paths: set[str] = set()  # user leaf modules met while tracing
+        self.failed_in: tuple[str, str] | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaves or any(n in self.leaves for n in _class_names(m)):
+            self.leaf_paths.add(module_qualified_name)
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = (self.path_of_module(m), type(m).__name__)
+            raise
+
+
+def _untraceable(model: nn.Module, exc: Exception, failed_in: tuple[str, str] | None) -> str:
+    where = f" inside {failed_in[0]!r} ({failed_in[1]})" if failed_in and failed_in[0] else ""
+    example = repr(failed_in[0]) if failed_in and failed_in[0] else "'<module path>'"
+    return (
+        f"{type(model).__name__} cannot be traced with torch.fx{where} ({type(exc).__name__}: {exc}). "
+        f"Keep the untraceable code out of the trace with TracerOptions(leaf_modules=[{example}]) (module paths "
+        "or class names; autowrap_functions=['module.function'] for a function), or capture layers with "
+        f"forward hooks, TracerOptions(hooked_layers=[...]) (docs/tracing.md), set with gig.configure_tracing. "
+        f"Top-level blocks: {', '.join(candidate_paths(model)) or 'none'}"
+    )
+
+
+def _optional_arguments(model: nn.Module) -> dict | None:
+    """``forward``'s arguments after the image that have defaults (e.g. timm's ``attn_mask=None``), fixed at
+    their defaults: traced as inputs, they would open paths to the logits that bypass every layer."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    optional = {p.name: p.default for p in parameters[1:]
+                if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return optional or None
+
+
 class TracedModel:
     """A model traced once, with its layers' output nodes, cut checks and segments."""
 
-    def __init__(self, model: nn.Module):
+    capture = "fx"
+
+    def __init__(self, model: nn.Module, options: TracerOptions | None = None):
         self.model = model
+        self.options = options or TracerOptions()
+        check_leaf_modules(model, self.options.leaf_modules)
+        tracer = _Tracer(self.options)
         try:
-            self.graph_module = fx.symbolic_trace(model)
+            graph = tracer.trace(model, concrete_args=_optional_arguments(model))
         except Exception as exc:  # fx raises many kinds of errors for untraceable code
-            raise ValueError(
-                f"{type(model).__name__} cannot be traced with torch.fx ({type(exc).__name__}: {exc}); "
-                "gig needs a traceable model to find layer outputs and run segments"
-            ) from exc
+            raise ValueError(_untraceable(model, exc, tracer.failed_in)) from exc
+        self._leaf_paths = tracer.leaf_paths
+        self.graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
         self.graph = self.graph_module.graph
         nodes = list(self.graph.nodes)
         self._order = {n: i for i, n in enumerate(nodes)}
@@ -137,7 +310,9 @@ class TracedModel:
             kind = type(module).__name__
             inside = members.get(name)
             if not inside:
-                self.layers[name] = LayerInfo(name, kind, False, "never called in forward()")
+                leaf = next((p for p in self._leaf_paths if name.startswith(p + ".")), None)
+                reason = f"inside leaf module {leaf!r} (fx keeps it whole)" if leaf else "never called in forward()"
+                self.layers[name] = LayerInfo(name, kind, False, reason)
                 continue
             if len(calls[name]) > 1:
                 self.layers[name] = LayerInfo(name, kind, False, f"called {len(calls[name])} times in forward()")
@@ -316,13 +491,54 @@ class TracedModel:
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, TracedModel]" = weakref.WeakKeyDictionary()
 
 
-def traced(model: nn.Module) -> TracedModel:
-    """The (cached) :class:`TracedModel` of ``model``."""
+def configure_tracing(model: nn.Module, options: TracerOptions | Mapping | None,
+                      input_size: int | tuple[int, ...] | None = None) -> nn.Module:
+    """Attach tracer ``options`` (or a ``TracerSpec`` dict; ``None``: plain fx) to ``model``; every gig entry
+    point then finds its layers with them. Names are checked now (``ValueError`` listing valid ones); the trace,
+    or for ``hooked_layers`` the replace-and-compare test, runs on first use.
+
+    ``input_size`` (``S``, ``(H, W)`` or ``(C, H, W)``) is the input of the hooked layers' test; by default it is
+    read from the model's timm ``pretrained_cfg`` or Hugging Face ``config``. Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if not isinstance(options, TracerOptions):
+        options = TracerOptions.from_dict(options)
+    check_leaf_modules(model, options.leaf_modules)
+    for name in options.autowrap_functions:
+        resolve_function(name)
+    if options.hooked_layers:
+        from gig.hooks import check_hooked_names, input_shape
+
+        check_hooked_names(model, options.hooked_layers)
+        size = input_shape(model, input_size)
+    else:
+        size = None
+    model.__dict__[_TRACING_ATTRIBUTE] = _Tracing(options, size)
+    _CACHE.pop(model, None)
+    return model
+
+
+def tracer_options(model: nn.Module) -> TracerOptions:
+    """The options :func:`configure_tracing` attached to ``model`` (empty ones by default)."""
+    tracing = model.__dict__.get(_TRACING_ATTRIBUTE)
+    return tracing.options if tracing else TracerOptions()
+
+
+def traced(model: nn.Module) -> "TracedModel | HookedModel":
+    """The (cached) :class:`TracedModel` of ``model``, or its :class:`gig.hooks.HookedModel` when its tracer
+    options name ``hooked_layers``. Both offer the same interface to gig."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     found = _CACHE.get(model)
     if found is None:
-        found = _CACHE[model] = TracedModel(model)
+        tracing = model.__dict__.get(_TRACING_ATTRIBUTE)
+        if tracing is not None and tracing.options.hooked_layers:
+            from gig.hooks import HookedModel
+
+            found = HookedModel(model, tracing.options.hooked_layers, tracing.input_size)
+        else:
+            found = TracedModel(model, tracing.options if tracing else None)
+        _CACHE[model] = found
     return found
 
 
@@ -360,6 +576,8 @@ def default_layers(model: nn.Module) -> list[str]:
     ``ValueError`` (listing the cuts found) when no layer qualifies.
     """
     t = traced(model)
+    if t.capture == "hook":
+        return t.default_layers()
     names = _torchvision_defaults(model)
     if names is None:
         names = _general_defaults(t)
@@ -467,3 +685,6 @@ def _distinct(t: "TracedModel", names: list[str]) -> list[str]:
         if node not in best or (name.count("."), len(name)) < (best[node].count("."), len(best[node])):
             best[node] = name
     return sorted(best.values(), key=lambda n: t._order[t._out_node[n]])
+
+
+from gig.hooks import HookedModel  # noqa: E402  (after the names gig.hooks imports from here: the return type of traced)

@@ -24,12 +24,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from gig.concepts import ConceptSet
 from gig.data import eval_mode
 from gig.layers import traced
 from gig.pfv import to_pfvs
+from gig.types import Device
 
 METHODS = ("lasso", "cav")
 FORMAT = "gigaudit.naming/1"
@@ -112,8 +114,9 @@ class Naming:
             raise ValueError(f"corrupt naming dict: {exc}") from exc
 
 
-def name_concepts(model, concepts: ConceptSet, probes: Sequence[ProbeSet], negatives: torch.Tensor, *,
-                  layers=None, holdout: float = 0.3, min_score: float = 0.6, seed: int = 0, device="cpu",
+def name_concepts(model: nn.Module, concepts: ConceptSet, probes: Sequence[ProbeSet], negatives: torch.Tensor, *,
+                  layers: Sequence[str] | None = None, holdout: float = 0.3, min_score: float = 0.6, seed: int = 0,
+                  device: Device = "cpu",
                   method: str = "lasso", min_coverage: float = 0.2) -> Naming:
     """Name the concepts of ``concepts`` that each probe set decomposes onto (see the module docstring).
 

@@ -104,7 +104,11 @@ def check_method(method: str) -> str:
 
 def is_scale_invariant(segment: nn.Module) -> bool:
     """True when ``segment`` (an fx ``GraphModule``, e.g. ``TracedModel.segment``) contains a normalisation that
-    is invariant to the scale of its input: a LayerNorm / GroupNorm / RMSNorm / InstanceNorm module or function."""
+    is invariant to the scale of its input: a LayerNorm / GroupNorm / RMSNorm / InstanceNorm module or function.
+    A segment that is no graph (``gig.hooks.HookSegment``) declares it in its ``scale_invariant`` attribute."""
+    declared = getattr(segment, "scale_invariant", None)
+    if isinstance(declared, bool):
+        return declared
     graph = getattr(segment, "graph", None)
     if not isinstance(graph, fx.Graph):
         raise ValueError(f"method 'auto' needs a torch.fx GraphModule segment, not {type(segment).__name__}")

@@ -110,6 +110,11 @@ def architecture_descriptions() -> str:
     return _key("architectures", "descriptions")
 
 
+def architecture_details() -> str:
+    """Hash: architecture name → JSON ``{family, source, weights_format, description}`` (published by workers)."""
+    return _key("architectures", "details")
+
+
 def architecture_layers(architecture: str, num_classes: int) -> str:
     """String (JSON, with a TTL): the layer listing of an architecture with ``num_classes`` outputs."""
     return _key("architectures", "layers", architecture, str(num_classes))

@@ -182,12 +182,12 @@ class GigauditServer:
                 return
 
     def _start_embedded_worker(self) -> threading.Thread:
-        from gigaudit_server.worker.architectures import architecture_descriptions  # imports torch: embedded only
+        from gigaudit_server.worker.architectures import architecture_details  # imports torch: embedded only
         from gigaudit_server.worker.loop import Worker
         from gigaudit_server.worker.tasks import Tasks
 
-        self.backend.catalog.publish_architectures(architecture_descriptions())
-        tasks = Tasks(self.backend.store, self.settings.device)
+        self.backend.catalog.publish_architectures(architecture_details())
+        tasks = Tasks(self.backend.store, self.settings.device, allowlist=self.settings.dataset_uri_allowlist)
         metrics = None if self.metrics is None else WorkerMetrics(self.metrics.registry, device=self.settings.device,
                                                                   models=tasks.models)
         worker = Worker(self.backend.queue, tasks.handlers(), tasks.reducers(), name="embedded",

@@ -100,7 +100,7 @@ def test_folder_is_packed_deterministically(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         with _archive(tmp_path / "empty"):
             pass
-    with pytest.raises(ValueError, match="folder or an archive"):
+    with pytest.raises(ValueError, match="a folder, an archive"):
         with _archive(tmp_path / "data" / "notes.txt"):
             pass
 

@@ -81,6 +81,7 @@ def direct_graph(api: Api, store: str, concept_set: str, layers, **options) -> d
     import gig
     from gig.concepts import ConceptSet
     from gig.synthetic import load_parts_net
+    from gig.preprocessing import Preprocessing
     from gigaudit_server.worker.images import load_images
     from gigaudit_server.storage.artifacts import ArtifactStore
 
@@ -89,7 +90,7 @@ def direct_graph(api: Api, store: str, concept_set: str, layers, **options) -> d
     catalog = api.server.backend.catalog
     concepts = ConceptSet.from_bytes(artifacts.read("concepts", catalog.get("conceptSets", concept_set)["concept_set_sha"]))
     archive = artifacts.local_path("datasets", catalog.get("datasets", "shapes")["sha256"])
-    images, labels, _ = load_images(archive, 32, [0.0] * 3, [1.0] * 3)
+    images, labels, _ = load_images(archive, Preprocessing(32, 32, resize_mode="exact", mean=(0.0,) * 3, std=(1.0,) * 3))
     batches = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, len(images), 16)]
     return gig.build_graph(model, batches, concepts, layers=layers, **options).to_dict()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import zipfile
 
@@ -95,20 +96,43 @@ def test_truncated_or_mislabelled_uploads_are_refused(datasets, tmp_path):
     assert h.stored_files(tmp_path, "datasets") == []
 
 
-def test_register_reads_only_allow_listed_locations(datasets, source_dir, tmp_path):
+def test_register_reads_in_place_only_allow_listed_locations(server, redis_url, source_dir, tmp_path, monkeypatch):
+    """The API checks the URI and queues the inspection; a worker reads the data where it is (nothing is stored),
+    and a URI that names nothing fails the operation and leaves nothing registered."""
+    monkeypatch.setenv("GIGAUDIT_DATASET_URI_ALLOWLIST", json.dumps([f"file://{source_dir}/"]))
+    _, stop = h.start_worker(redis_url, f"file://{tmp_path}/store")
     data = h.parts_tar(6)
     (source_dir / "parts.tar").write_bytes(data)
     (tmp_path / "secret.tar").write_bytes(data)
-    dataset = datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
-        dataset_id="registered", dataset=dataset_pb.Dataset(uri=f"file://{source_dir}/parts.tar")))
-    assert dataset.image_count == 6 and dataset.uri.endswith("parts.tar")
-    assert dataset.sha256 == hashlib.sha256(data).hexdigest()
-    for uri in (f"file://{tmp_path}/secret.tar", f"file://{source_dir}/../secret.tar"):
-        h.refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
-            dataset_id="other", dataset=dataset_pb.Dataset(uri=uri))), grpc.StatusCode.PERMISSION_DENIED)
-    h.refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
-        dataset_id="missing", dataset=dataset_pb.Dataset(uri=f"file://{source_dir}/none.tar"))),
-        grpc.StatusCode.NOT_FOUND)
+    try:
+        with h.channel(server) as channel:
+            datasets = dataset_grpc.DatasetServiceStub(channel)
+            operation = datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
+                dataset_id="registered", dataset=dataset_pb.Dataset(uri=f"file://{source_dir}/parts.tar")))
+            creating = datasets.GetDataset(dataset_pb.GetDatasetRequest(name="datasets/registered"))
+            assert creating.operation == operation.name
+            done = h.wait_operation(channel, operation.name)
+            assert not done.HasField("error"), done.error
+            dataset = dataset_pb.Dataset()
+            done.response.Unpack(dataset)
+            assert dataset.image_count == 6 and dataset.uri.endswith("parts.tar")
+            assert dataset.state == 2 and dataset.format == dataset_pb.DATASET_FORMAT_TAR  # ACTIVE
+            assert dataset.sha256 == hashlib.sha256(data).hexdigest()
+            assert h.stored_files(tmp_path, "datasets") == [], "read in place: nothing copied into the store"
+            for uri in (f"file://{tmp_path}/secret.tar", f"file://{source_dir}/../secret.tar"):
+                h.refused(lambda: datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
+                    dataset_id="other", dataset=dataset_pb.Dataset(uri=uri))), grpc.StatusCode.PERMISSION_DENIED)
+            missing = datasets.RegisterDataset(dataset_pb.RegisterDatasetRequest(
+                dataset_id="missing", dataset=dataset_pb.Dataset(uri=f"file://{source_dir}/none.tar")))
+            failed = h.wait_operation(channel, missing.name)
+            assert failed.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert "no dataset at" in failed.error.message
+            h.refused(lambda: datasets.GetDataset(dataset_pb.GetDatasetRequest(name="datasets/missing")),
+                      grpc.StatusCode.NOT_FOUND)
+            datasets.DeleteDataset(dataset_pb.DeleteDatasetRequest(name="datasets/registered"))
+            assert (source_dir / "parts.tar").read_bytes() == data, "deleting it leaves the data where it is"
+    finally:
+        stop.set()
 
 
 def test_image_count_limit(datasets):

@@ -11,8 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from gig.preprocessing import Preprocessing
 from gigaudit_server.storage.archives import DatasetLimits, inspect_archive
 from gigaudit_server.worker.images import ArchiveImages, load_images
+
+
+def squash(height, width, mean=0.0, std=1.0):
+    """The service's former transform: an exact (squash) bilinear resize, then (x - mean) / std."""
+    return Preprocessing(height, width, resize_mode="exact", mean=(mean,) * 3, std=(std,) * 3)
 
 
 def png(color=(255, 0, 0), size=(6, 4)):
@@ -78,13 +84,13 @@ def test_flat_layout_is_unlabelled_and_hidden_files_are_skipped():
 def test_load_images_in_archive_order_with_labels_normalised(tmp_path, build):
     path = tmp_path / "data"
     path.write_bytes(build(LABELLED).getvalue())
-    images, labels, names = load_images(str(path), (8, 10), [0.5] * 3, [0.5] * 3)
+    images, labels, names = load_images(str(path), squash(8, 10, 0.5, 0.5))
     assert names == ["dog/2.png", "cat/3.png", "cat/1.png"]
     assert labels.tolist() == [1, 0, 0]  # classes sorted: cat, dog
     assert images.shape == (3, 3, 8, 10) and images.dtype == torch.float32
     assert torch.allclose(images[2, :, 4, 5], torch.tensor([1.0, -1.0, -1.0]))  # red
     assert torch.allclose(images[0, :, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))  # blue
-    part, part_labels, part_names = load_images(str(path), (8, 10), [0.5] * 3, [0.5] * 3, start=1, stop=3)
+    part, part_labels, part_names = load_images(str(path), squash(8, 10, 0.5, 0.5), start=1, stop=3)
     assert part_names == names[1:] and part_labels.tolist() == [0, 0]
     assert torch.equal(part, images[1:])
 
@@ -93,7 +99,7 @@ def test_archive_images_stream_batches_and_select(tmp_path):
     members = {f"c{i % 2}/{i:02d}.png": png((10 * i, 0, 0)) for i in range(7)}
     path = tmp_path / "data.tar.gz"
     path.write_bytes(tar_of(members, "w:gz").getvalue())
-    data = ArchiveImages(str(path), 4, [0, 0, 0], [1, 1, 1], start=1, batch_size=3, class_map=[5, 2])
+    data = ArchiveImages(str(path), squash(4, 4), start=1, batch_size=3, class_map=[5, 2])
     batches = list(data)
     assert len(data) == 2 and [b[0].shape[0] for b in batches] == [3, 3]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, data))  # re-iterable: a second pass, same images
@@ -109,7 +115,7 @@ def test_archive_images_stream_batches_and_select(tmp_path):
 def test_load_flat_has_no_labels(tmp_path):
     path = tmp_path / "flat.zip"
     path.write_bytes(zip_of({"x.png": png(), "y.png": png()}).getvalue())
-    images, labels, names = load_images(str(path), 4, [0, 0, 0], [1, 1, 1])
+    images, labels, names = load_images(str(path), squash(4, 4))
     assert labels is None and names == ["x.png", "y.png"] and images.shape == (2, 3, 4, 4)
 
 

@@ -38,7 +38,7 @@ EXPECTED = {
                     {BAD, MISSING}),
     **dict.fromkeys(["UploadModel", "UploadDataset"], {BAD, C.RESOURCE_EXHAUSTED}),
     "RegisterDataset": {BAD, C.PERMISSION_DENIED},
-    "ListArchitectures": {C.OK},
+    "ListArchitectures": {C.OK, BAD},  # BAD: an unknown family
     "GetStatus": {C.OK},
     # the layers of an architecture (no parent) come from a worker: with none registered, UNAVAILABLE
     "ListLayers": {BAD, MISSING, C.UNAVAILABLE},

@@ -100,7 +100,7 @@ def test_cache_is_lru_by_sha_and_device(tmp_path):
     cache.get(record(shas[0]))  # touch 0, so 1 is the least recently used
     cache.get(record(shas[2]))
     assert len(cache) == 2
-    assert (shas[0], ARCH, 2, "cpu") in cache and (shas[1], ARCH, 2, "cpu") not in cache
+    assert ModelCache.key(record(shas[0])) in cache and ModelCache.key(record(shas[1]), "cpu") not in cache
     assert cache.get(record(shas[1])) is not None
     with pytest.raises(ValueError, match="weights_sha256"):
         cache.get({"architecture": ARCH, "num_classes": 2})

@@ -21,6 +21,7 @@ from PIL import Image
 
 import gig
 from gig.concepts import ConceptSet
+from gig.preprocessing import Preprocessing
 from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset, parts_archive
 from gigaudit.report import build_report
 from gigaudit_server.queue.jobs import JobCancelled, JobQueue, JobState
@@ -60,7 +61,7 @@ def world(tmp_path_factory):
     tasks = Tasks(store, "cpu", batch_size=BATCH, n_exemplars=2, exemplar_concepts=3)
     net = tasks.models.get(model)
     images, dataset_labels, names = load_images(f"{root}/store/datasets/{dataset['sha256'][:2]}/{dataset['sha256']}",
-                                                32, model["mean"], model["std"])
+                                                Preprocessing.from_record(model))
     label_of = {f"{CLASS_NAMES[label]}/{i:05d}.png": int(label) for i, label in enumerate(labels)}
     model_labels = torch.tensor([label_of[name] for name in names])
     batches = [(images[i:i + BATCH], model_labels[i:i + BATCH]) for i in range(0, N_IMAGES, BATCH)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from gigaudit.commands.build_options import add_build_flags, architecture_options, tracer_options
 from gigaudit.commands.common import DefaultsFormatter, add_connection, add_output, client_for, output_format
 from gigaudit.output import COLUMNS, render
 from gigaudit.suggest import unknown
@@ -22,12 +23,15 @@ def add_parsers(sub) -> None:
     layers.add_argument("--num-classes", required=True, type=int, help="outputs of the classifier")
     layers.add_argument("--model", type=Path, help="weights (.safetensors): also check that they fit --arch")
     layers.add_argument("--analysable", action="store_true", help="only the analysable layers")
+    add_build_flags(layers)
     add_output(layers)
     add_connection(layers)
     layers.set_defaults(run=_layers)
 
-    arch = sub.add_parser("architectures", help="list the server's architectures with a description each",
+    arch = sub.add_parser("architectures", help="list the server's architectures: family, source, weights file",
                           formatter_class=DefaultsFormatter)
+    arch.add_argument("--family", default="", help="only this family: torchvision, gigaudit, timm, huggingface, "
+                                                   "onnx or plugin (default: all)")
     add_output(arch)
     add_connection(arch)
     arch.set_defaults(run=_architectures)
@@ -44,7 +48,8 @@ def _layers(args) -> int:
             print(f"gigaudit: warning: {problem}", file=sys.stderr)
     with client_for(args) as client:
         check_architecture(client, args.arch)
-        response = client.list_layers(architecture=args.arch, num_classes=args.num_classes)
+        response = client.list_layers(architecture=args.arch, num_classes=args.num_classes,
+                                      architecture_options=architecture_options(args), tracer=tracer_options(args))
     print_layers(response, output_format(args), f"{args.arch} with {args.num_classes} classes",
                  analysable_only=args.analysable)
     return EXIT_OK
@@ -65,7 +70,7 @@ def print_layers(response, fmt: str, what: str, analysable_only: bool = False) -
 
 def _architectures(args) -> int:
     with client_for(args) as client:
-        render(client.list_architectures(), output_format(args))
+        render(client.list_architectures(args.family), output_format(args))
     return EXIT_OK
 
 

@@ -22,37 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gigaudit.v1 import resource_state_pb2 as gigaudit_dot_v1_dot_resource__state__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gigaudit/v1/dataset_service.proto\x12\x0bgigaudit.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.gigaudit.v1.DatasetFormat\x12\x13\n\x0bimage_count\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0b\n\x03uri\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\n \x01(\t\x12,\n\x0bimage_sizes\x18\x0b \x01(\x0b\x32\x17.gigaudit.v1.ImageSizes\"\x87\x01\n\nImageSizes\x12\x12\n\nmin_height\x18\x01 \x01(\x05\x12\x12\n\nmax_height\x18\x02 \x01(\x05\x12\x15\n\rmedian_height\x18\x03 \x01(\x05\x12\x11\n\tmin_width\x18\x04 \x01(\x05\x12\x11\n\tmax_width\x18\x05 \x01(\x05\x12\x14\n\x0cmedian_width\x18\x06 \x01(\x05\"f\n\x14UploadDatasetRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .gigaudit.v1.UploadDatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"d\n\x13UploadDatasetHeader\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"g\n\x16RegisterDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08*_\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x41TASET_FORMAT_TAR\x10\x01\x12\x16\n\x12\x44\x41TASET_FORMAT_ZIP\x10\x02\x32\x8f\x03\n\x0e\x44\x61tasetService\x12J\n\rUploadDataset\x12!.gigaudit.v1.UploadDatasetRequest\x1a\x14.gigaudit.v1.Dataset(\x01\x12L\n\x0fRegisterDataset\x12#.gigaudit.v1.RegisterDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12\x42\n\nGetDataset\x12\x1e.gigaudit.v1.GetDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12S\n\x0cListDatasets\x12 .gigaudit.v1.ListDatasetsRequest\x1a!.gigaudit.v1.ListDatasetsResponse\x12J\n\rDeleteDataset\x12!.gigaudit.v1.DeleteDatasetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gigaudit/v1/dataset_service.proto\x12\x0bgigaudit.v1\x1a gigaudit/v1/resource_state.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x03\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.gigaudit.v1.DatasetFormat\x12\x13\n\x0bimage_count\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0b\n\x03uri\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\n \x01(\t\x12,\n\x0bimage_sizes\x18\x0b \x01(\x0b\x32\x17.gigaudit.v1.ImageSizes\x12)\n\x05state\x18\x0c \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\x11\n\toperation\x18\r \x01(\t\x12\x14\n\x0cimage_column\x18\x0e \x01(\t\x12\x14\n\x0clabel_column\x18\x0f \x01(\t\"\x87\x01\n\nImageSizes\x12\x12\n\nmin_height\x18\x01 \x01(\x05\x12\x12\n\nmax_height\x18\x02 \x01(\x05\x12\x15\n\rmedian_height\x18\x03 \x01(\x05\x12\x11\n\tmin_width\x18\x04 \x01(\x05\x12\x11\n\tmax_width\x18\x05 \x01(\x05\x12\x14\n\x0cmedian_width\x18\x06 \x01(\x05\"f\n\x14UploadDatasetRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .gigaudit.v1.UploadDatasetHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"d\n\x13UploadDatasetHeader\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"g\n\x16RegisterDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"!\n\x11GetDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.gigaudit.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08*\xfd\x01\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44\x41TASET_FORMAT_TAR\x10\x01\x12\x16\n\x12\x44\x41TASET_FORMAT_ZIP\x10\x02\x12\x1d\n\x19\x44\x41TASET_FORMAT_WEBDATASET\x10\x03\x12\x1a\n\x16\x44\x41TASET_FORMAT_PARQUET\x10\x04\x12\x1d\n\x19\x44\x41TASET_FORMAT_HF_DATASET\x10\x05\x12\x1f\n\x1b\x44\x41TASET_FORMAT_CSV_MANIFEST\x10\x06\x12!\n\x1d\x44\x41TASET_FORMAT_JSONL_MANIFEST\x10\x07\x32\xd2\x03\n\x0e\x44\x61tasetService\x12J\n\rUploadDataset\x12!.gigaudit.v1.UploadDatasetRequest\x1a\x14.gigaudit.v1.Dataset(\x01\x12\x8e\x01\n\x0fRegisterDataset\x12#.gigaudit.v1.RegisterDatasetRequest\x1a\x1d.google.longrunning.Operation\"7\xca\x41\x34\n\x13gigaudit.v1.Dataset\x12\x1dgigaudit.v1.OperationMetadata\x12\x42\n\nGetDataset\x12\x1e.gigaudit.v1.GetDatasetRequest\x1a\x14.gigaudit.v1.Dataset\x12S\n\x0cListDatasets\x12 .gigaudit.v1.ListDatasetsRequest\x1a!.gigaudit.v1.ListDatasetsResponse\x12J\n\rDeleteDataset\x12!.gigaudit.v1.DeleteDatasetRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gigaudit.v1.dataset_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATASETFORMAT']._serialized_start=1093
-  _globals['_DATASETFORMAT']._serialized_end=1188
-  _globals['_DATASET']._serialized_start=113
-  _globals['_DATASET']._serialized_end=403
-  _globals['_IMAGESIZES']._serialized_start=406
-  _globals['_IMAGESIZES']._serialized_end=541
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=543
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=645
-  _globals['_UPLOADDATASETHEADER']._serialized_start=647
-  _globals['_UPLOADDATASETHEADER']._serialized_end=747
-  _globals['_REGISTERDATASETREQUEST']._serialized_start=749
-  _globals['_REGISTERDATASETREQUEST']._serialized_end=852
-  _globals['_GETDATASETREQUEST']._serialized_start=854
-  _globals['_GETDATASETREQUEST']._serialized_end=887
-  _globals['_LISTDATASETSREQUEST']._serialized_start=889
-  _globals['_LISTDATASETSREQUEST']._serialized_end=949
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=951
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1038
-  _globals['_DELETEDATASETREQUEST']._serialized_start=1040
-  _globals['_DELETEDATASETREQUEST']._serialized_end=1091
-  _globals['_DATASETSERVICE']._serialized_start=1191
-  _globals['_DATASETSERVICE']._serialized_end=1590
+  _globals['_DATASETSERVICE'].methods_by_name['RegisterDataset']._loaded_options = None
+  _globals['_DATASETSERVICE'].methods_by_name['RegisterDataset']._serialized_options = b'\312A4\n\023gigaudit.v1.Dataset\022\035gigaudit.v1.OperationMetadata'
+  _globals['_DATASETFORMAT']._serialized_start=1271
+  _globals['_DATASETFORMAT']._serialized_end=1524
+  _globals['_DATASET']._serialized_start=184
+  _globals['_DATASET']._serialized_end=580
+  _globals['_IMAGESIZES']._serialized_start=583
+  _globals['_IMAGESIZES']._serialized_end=718
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=720
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=822
+  _globals['_UPLOADDATASETHEADER']._serialized_start=824
+  _globals['_UPLOADDATASETHEADER']._serialized_end=924
+  _globals['_REGISTERDATASETREQUEST']._serialized_start=926
+  _globals['_REGISTERDATASETREQUEST']._serialized_end=1029
+  _globals['_GETDATASETREQUEST']._serialized_start=1031
+  _globals['_GETDATASETREQUEST']._serialized_end=1064
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1066
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1126
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1128
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1215
+  _globals['_DELETEDATASETREQUEST']._serialized_start=1217
+  _globals['_DELETEDATASETREQUEST']._serialized_end=1268
+  _globals['_DATASETSERVICE']._serialized_start=1527
+  _globals['_DATASETSERVICE']._serialized_end=1993
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,7 @@
 import datetime
 
+from gigaudit.v1 import resource_state_pb2 as _resource_state_pb2
+from google.longrunning import operations_pb2 as _operations_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -16,12 +18,22 @@ class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_FORMAT_UNSPECIFIED: _ClassVar[DatasetFormat]
     DATASET_FORMAT_TAR: _ClassVar[DatasetFormat]
     DATASET_FORMAT_ZIP: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_WEBDATASET: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_PARQUET: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_HF_DATASET: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_CSV_MANIFEST: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_JSONL_MANIFEST: _ClassVar[DatasetFormat]
 DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_FORMAT_TAR: DatasetFormat
 DATASET_FORMAT_ZIP: DatasetFormat
+DATASET_FORMAT_WEBDATASET: DatasetFormat
+DATASET_FORMAT_PARQUET: DatasetFormat
+DATASET_FORMAT_HF_DATASET: DatasetFormat
+DATASET_FORMAT_CSV_MANIFEST: DatasetFormat
+DATASET_FORMAT_JSONL_MANIFEST: DatasetFormat
 
 class Dataset(_message.Message):
-    __slots__ = ("name", "display_name", "format", "image_count", "class_names", "size_bytes", "sha256", "uri", "create_time", "owner", "image_sizes")
+    __slots__ = ("name", "display_name", "format", "image_count", "class_names", "size_bytes", "sha256", "uri", "create_time", "owner", "image_sizes", "state", "operation", "image_column", "label_column")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +45,10 @@ class Dataset(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    LABEL_COLUMN_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     format: DatasetFormat
@@ -44,7 +60,11 @@ class Dataset(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     owner: str
     image_sizes: ImageSizes
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., image_count: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., uri: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., image_sizes: _Optional[_Union[ImageSizes, _Mapping]] = ...) -> None: ...
+    state: _resource_state_pb2.ResourceState
+    operation: str
+    image_column: str
+    label_column: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., image_count: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., uri: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ..., image_sizes: _Optional[_Union[ImageSizes, _Mapping]] = ..., state: _Optional[_Union[_resource_state_pb2.ResourceState, str]] = ..., operation: _Optional[str] = ..., image_column: _Optional[str] = ..., label_column: _Optional[str] = ...) -> None: ...
 
 class ImageSizes(_message.Message):
     __slots__ = ("min_height", "max_height", "median_height", "min_width", "max_width", "median_width")

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from gigaudit.v1 import dataset_service_pb2 as gigaudit_dot_v1_dot_dataset__service__pb2
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -27,7 +28,8 @@ if _version_not_supported:
 
 
 class DatasetServiceStub:
-    """Image datasets: tar or zip archives of images, ImageFolder style (`class/image.png`) or flat (unlabelled).
+    """Image datasets: tar or zip archives of images, ImageFolder style (`class/image.png`) or flat (unlabelled);
+    WebDataset shards; Hugging Face datasets saved to disk; parquet files; CSV or JSONL manifests of image URIs.
     """
 
     def __init__(self, channel):
@@ -44,7 +46,7 @@ class DatasetServiceStub:
         self.RegisterDataset = channel.unary_unary(
                 '/gigaudit.v1.DatasetService/RegisterDataset',
                 request_serializer=gigaudit_dot_v1_dot_dataset__service__pb2.RegisterDatasetRequest.SerializeToString,
-                response_deserializer=gigaudit_dot_v1_dot_dataset__service__pb2.Dataset.FromString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
                 _registered_method=True)
         self.GetDataset = channel.unary_unary(
                 '/gigaudit.v1.DatasetService/GetDataset',
@@ -64,18 +66,23 @@ class DatasetServiceStub:
 
 
 class DatasetServiceServicer:
-    """Image datasets: tar or zip archives of images, ImageFolder style (`class/image.png`) or flat (unlabelled).
+    """Image datasets: tar or zip archives of images, ImageFolder style (`class/image.png`) or flat (unlabelled);
+    WebDataset shards; Hugging Face datasets saved to disk; parquet files; CSV or JSONL manifests of image URIs.
     """
 
     def UploadDataset(self, request_iterator, context):
-        """Uploads an archive: the first message carries the header, the following ones chunks of the archive.
+        """Uploads a dataset file (an archive, a WebDataset shard, a parquet file, or a tar or zip of a Hugging Face
+        dataset saved to disk): the first message carries the header, the following ones chunks of the file. It is
+        checked and inspected before it is registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterDataset(self, request, context):
-        """Registers an archive by URI on a storage location the server allows.
+        """Registers a dataset by URI on a storage location the server allows (`s3://`, `gs://`, `hf://`, `file://`). A
+        worker inspects it where it is, in the returned operation, while the dataset is CREATING; workers read it
+        there, and it is never copied through the API. A dataset whose inspection fails is removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,7 +119,7 @@ def add_DatasetServiceServicer_to_server(servicer, server):
             'RegisterDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterDataset,
                     request_deserializer=gigaudit_dot_v1_dot_dataset__service__pb2.RegisterDatasetRequest.FromString,
-                    response_serializer=gigaudit_dot_v1_dot_dataset__service__pb2.Dataset.SerializeToString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
             ),
             'GetDataset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDataset,
@@ -138,7 +145,8 @@ def add_DatasetServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DatasetService:
-    """Image datasets: tar or zip archives of images, ImageFolder style (`class/image.png`) or flat (unlabelled).
+    """Image datasets: tar or zip archives of images, ImageFolder style (`class/image.png`) or flat (unlabelled);
+    WebDataset shards; Hugging Face datasets saved to disk; parquet files; CSV or JSONL manifests of image URIs.
     """
 
     @staticmethod
@@ -184,7 +192,7 @@ class DatasetService:
             target,
             '/gigaudit.v1.DatasetService/RegisterDataset',
             gigaudit_dot_v1_dot_dataset__service__pb2.RegisterDatasetRequest.SerializeToString,
-            gigaudit_dot_v1_dot_dataset__service__pb2.Dataset.FromString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from gigaudit.v1 import resource_state_pb2 as gigaudit_dot_v1_dot_resource__state__pb2
 from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgigaudit/v1/model_service.proto\x12\x0bgigaudit.v1\x1a gigaudit/v1/resource_state.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\ninput_size\x18\x06 \x01(\x05\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x12\n\nsize_bytes\x18\t \x01(\x03\x12\x0e\n\x06sha256\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x0c \x03(\t\x12)\n\x05state\x18\r \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\r\n\x05owner\x18\x0e \x01(\t\x12\x11\n\toperation\x18\x0f \x01(\t\"b\n\x12UploadModelRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.gigaudit.v1.UploadModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\\\n\x11UploadModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12!\n\x05model\x18\x02 \x01(\x0b\x32\x12.gigaudit.v1.Model\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gigaudit.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"N\n\x11ListLayersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\"W\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06is_cut\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\"P\n\x12ListLayersResponse\x12\"\n\x06layers\x18\x01 \x03(\x0b\x32\x12.gigaudit.v1.Layer\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x02 \x03(\t\"\x1a\n\x18ListArchitecturesRequest\"1\n\x0c\x41rchitecture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"M\n\x19ListArchitecturesResponse\x12\x30\n\rarchitectures\x18\x01 \x03(\x0b\x32\x19.gigaudit.v1.Architecture2\x9f\x04\n\x0cModelService\x12\x86\x01\n\x0bUploadModel\x12\x1f.gigaudit.v1.UploadModelRequest\x1a\x1d.google.longrunning.Operation\"5\xca\x41\x32\n\x11gigaudit.v1.Model\x12\x1dgigaudit.v1.OperationMetadata(\x01\x12<\n\x08GetModel\x12\x1c.gigaudit.v1.GetModelRequest\x1a\x12.gigaudit.v1.Model\x12M\n\nListModels\x12\x1e.gigaudit.v1.ListModelsRequest\x1a\x1f.gigaudit.v1.ListModelsResponse\x12\x46\n\x0b\x44\x65leteModel\x12\x1f.gigaudit.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12M\n\nListLayers\x12\x1e.gigaudit.v1.ListLayersRequest\x1a\x1f.gigaudit.v1.ListLayersResponse\x12\x62\n\x11ListArchitectures\x12%.gigaudit.v1.ListArchitecturesRequest\x1a&.gigaudit.v1.ListArchitecturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgigaudit/v1/model_service.proto\x12\x0bgigaudit.v1\x1a gigaudit/v1/resource_state.proto\x1a#google/longrunning/operations.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfa\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\ninput_size\x18\x06 \x01(\x05\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0b\n\x03std\x18\x08 \x03(\x02\x12\x12\n\nsize_bytes\x18\t \x01(\x03\x12\x0e\n\x06sha256\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x0c \x03(\t\x12)\n\x05state\x18\r \x01(\x0e\x32\x1a.gigaudit.v1.ResourceState\x12\r\n\x05owner\x18\x0e \x01(\t\x12\x11\n\toperation\x18\x0f \x01(\t\x12\x31\n\rpreprocessing\x18\x10 \x01(\x0b\x32\x1a.gigaudit.v1.Preprocessing\x12\x35\n\x14\x61rchitecture_options\x18\x11 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06tracer\x18\x12 \x01(\x0b\x32\x1a.gigaudit.v1.TracerOptions\x12\x0e\n\x06\x66\x61mily\x18\x13 \x01(\t\"\xcc\x01\n\rPreprocessing\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12,\n\x0bresize_mode\x18\x03 \x01(\x0e\x32\x17.gigaudit.v1.ResizeMode\x12\x10\n\x08\x63rop_pct\x18\x04 \x01(\x02\x12\x31\n\rinterpolation\x18\x05 \x01(\x0e\x32\x1a.gigaudit.v1.Interpolation\x12\x0c\n\x04mean\x18\x06 \x03(\x02\x12\x0b\n\x03std\x18\x07 \x03(\x02\x12\x0e\n\x06source\x18\x08 \x01(\t\"X\n\rTracerOptions\x12\x14\n\x0cleaf_modules\x18\x01 \x03(\t\x12\x1a\n\x12\x61utowrap_functions\x18\x02 \x03(\t\x12\x15\n\rhooked_layers\x18\x03 \x03(\t\"b\n\x12UploadModelRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.gigaudit.v1.UploadModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\\\n\x11UploadModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12!\n\x05model\x18\x02 \x01(\x0b\x32\x12.gigaudit.v1.Model\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.gigaudit.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\xb1\x01\n\x11ListLayersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x13\n\x0bnum_classes\x18\x03 \x01(\x05\x12\x35\n\x14\x61rchitecture_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x06tracer\x18\x05 \x01(\x0b\x32\x1a.gigaudit.v1.TracerOptions\"h\n\x05Layer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06is_cut\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nis_default\x18\x05 \x01(\x08\x12\x0f\n\x07\x63\x61pture\x18\x06 \x01(\t\"P\n\x12ListLayersResponse\x12\"\n\x06layers\x18\x01 \x03(\x0b\x32\x12.gigaudit.v1.Layer\x12\x16\n\x0e\x64\x65\x66\x61ult_layers\x18\x02 \x03(\t\"*\n\x18ListArchitecturesRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\"i\n\x0c\x41rchitecture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x16\n\x0eweights_format\x18\x05 \x01(\t\"M\n\x19ListArchitecturesResponse\x12\x30\n\rarchitectures\x18\x01 \x03(\x0b\x32\x19.gigaudit.v1.Architecture*c\n\nResizeMode\x12\x1b\n\x17RESIZE_MODE_UNSPECIFIED\x10\x00\x12!\n\x1dRESIZE_MODE_SHORTER_SIDE_CROP\x10\x01\x12\x15\n\x11RESIZE_MODE_EXACT\x10\x02*\x9b\x01\n\rInterpolation\x12\x1d\n\x19INTERPOLATION_UNSPECIFIED\x10\x00\x12\x1a\n\x16INTERPOLATION_BILINEAR\x10\x01\x12\x19\n\x15INTERPOLATION_BICUBIC\x10\x02\x12\x19\n\x15INTERPOLATION_NEAREST\x10\x03\x12\x19\n\x15INTERPOLATION_LANCZOS\x10\x04\x32\x9f\x04\n\x0cModelService\x12\x86\x01\n\x0bUploadModel\x12\x1f.gigaudit.v1.UploadModelRequest\x1a\x1d.google.longrunning.Operation\"5\xca\x41\x32\n\x11gigaudit.v1.Model\x12\x1dgigaudit.v1.OperationMetadata(\x01\x12<\n\x08GetModel\x12\x1c.gigaudit.v1.GetModelRequest\x1a\x12.gigaudit.v1.Model\x12M\n\nListModels\x12\x1e.gigaudit.v1.ListModelsRequest\x1a\x1f.gigaudit.v1.ListModelsResponse\x12\x46\n\x0b\x44\x65leteModel\x12\x1f.gigaudit.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12M\n\nListLayers\x12\x1e.gigaudit.v1.ListLayersRequest\x1a\x1f.gigaudit.v1.ListLayersResponse\x12\x62\n\x11ListArchitectures\x12%.gigaudit.v1.ListArchitecturesRequest\x1a&.gigaudit.v1.ListArchitecturesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,32 +38,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['UploadModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['UploadModel']._serialized_options = b'\312A2\n\021gigaudit.v1.Model\022\035gigaudit.v1.OperationMetadata'
-  _globals['_MODEL']._serialized_start=182
-  _globals['_MODEL']._serialized_end=522
-  _globals['_UPLOADMODELREQUEST']._serialized_start=524
-  _globals['_UPLOADMODELREQUEST']._serialized_end=622
-  _globals['_UPLOADMODELHEADER']._serialized_start=624
-  _globals['_UPLOADMODELHEADER']._serialized_end=716
-  _globals['_GETMODELREQUEST']._serialized_start=718
-  _globals['_GETMODELREQUEST']._serialized_end=749
-  _globals['_LISTMODELSREQUEST']._serialized_start=751
-  _globals['_LISTMODELSREQUEST']._serialized_end=809
-  _globals['_LISTMODELSRESPONSE']._serialized_start=811
-  _globals['_LISTMODELSRESPONSE']._serialized_end=892
-  _globals['_DELETEMODELREQUEST']._serialized_start=894
-  _globals['_DELETEMODELREQUEST']._serialized_end=943
-  _globals['_LISTLAYERSREQUEST']._serialized_start=945
-  _globals['_LISTLAYERSREQUEST']._serialized_end=1023
-  _globals['_LAYER']._serialized_start=1025
-  _globals['_LAYER']._serialized_end=1112
-  _globals['_LISTLAYERSRESPONSE']._serialized_start=1114
-  _globals['_LISTLAYERSRESPONSE']._serialized_end=1194
-  _globals['_LISTARCHITECTURESREQUEST']._serialized_start=1196
-  _globals['_LISTARCHITECTURESREQUEST']._serialized_end=1222
-  _globals['_ARCHITECTURE']._serialized_start=1224
-  _globals['_ARCHITECTURE']._serialized_end=1273
-  _globals['_LISTARCHITECTURESRESPONSE']._serialized_start=1275
-  _globals['_LISTARCHITECTURESRESPONSE']._serialized_end=1352
-  _globals['_MODELSERVICE']._serialized_start=1355
-  _globals['_MODELSERVICE']._serialized_end=1898
+  _globals['_RESIZEMODE']._serialized_start=2036
+  _globals['_RESIZEMODE']._serialized_end=2135
+  _globals['_INTERPOLATION']._serialized_start=2138
+  _globals['_INTERPOLATION']._serialized_end=2293
+  _globals['_MODEL']._serialized_start=212
+  _globals['_MODEL']._serialized_end=718
+  _globals['_PREPROCESSING']._serialized_start=721
+  _globals['_PREPROCESSING']._serialized_end=925
+  _globals['_TRACEROPTIONS']._serialized_start=927
+  _globals['_TRACEROPTIONS']._serialized_end=1015
+  _globals['_UPLOADMODELREQUEST']._serialized_start=1017
+  _globals['_UPLOADMODELREQUEST']._serialized_end=1115
+  _globals['_UPLOADMODELHEADER']._serialized_start=1117
+  _globals['_UPLOADMODELHEADER']._serialized_end=1209
+  _globals['_GETMODELREQUEST']._serialized_start=1211
+  _globals['_GETMODELREQUEST']._serialized_end=1242
+  _globals['_LISTMODELSREQUEST']._serialized_start=1244
+  _globals['_LISTMODELSREQUEST']._serialized_end=1302
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1304
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1385
+  _globals['_DELETEMODELREQUEST']._serialized_start=1387
+  _globals['_DELETEMODELREQUEST']._serialized_end=1436
+  _globals['_LISTLAYERSREQUEST']._serialized_start=1439
+  _globals['_LISTLAYERSREQUEST']._serialized_end=1616
+  _globals['_LAYER']._serialized_start=1618
+  _globals['_LAYER']._serialized_end=1722
+  _globals['_LISTLAYERSRESPONSE']._serialized_start=1724
+  _globals['_LISTLAYERSRESPONSE']._serialized_end=1804
+  _globals['_LISTARCHITECTURESREQUEST']._serialized_start=1806
+  _globals['_LISTARCHITECTURESREQUEST']._serialized_end=1848
+  _globals['_ARCHITECTURE']._serialized_start=1850
+  _globals['_ARCHITECTURE']._serialized_end=1955
+  _globals['_LISTARCHITECTURESRESPONSE']._serialized_start=1957
+  _globals['_LISTARCHITECTURESRESPONSE']._serialized_end=2034
+  _globals['_MODELSERVICE']._serialized_start=2296
+  _globals['_MODELSERVICE']._serialized_end=2839
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,8 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """Registered image models: a server-side architecture plus uploaded safetensors weights.
+    """Registered image models: a server-side architecture plus the uploaded weights (safetensors; for Hugging Face
+    models a tar or zip of config.json and model.safetensors; for ONNX models the .onnx file).
     """
 
     def __init__(self, channel):
@@ -70,12 +71,13 @@ class ModelServiceStub:
 
 
 class ModelServiceServicer:
-    """Registered image models: a server-side architecture plus uploaded safetensors weights.
+    """Registered image models: a server-side architecture plus the uploaded weights (safetensors; for Hugging Face
+    models a tar or zip of config.json and model.safetensors; for ONNX models the .onnx file).
     """
 
     def UploadModel(self, request_iterator, context):
-        """Uploads weights and registers a model. The first message carries the header, the following ones chunks of a
-        safetensors file. The stream's format is checked on the way; a worker then checks the weights against the
+        """Uploads weights and registers a model. The first message carries the header, the following ones chunks of the
+        weights file (its format is the architecture's `weights_format`, see ListArchitectures). The stream's format is checked on the way; a worker then checks the weights against the
         architecture in the returned operation, while the model is CREATING. A model whose check fails is removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -158,7 +160,8 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """Registered image models: a server-side architecture plus uploaded safetensors weights.
+    """Registered image models: a server-side architecture plus the uploaded weights (safetensors; for Hugging Face
+    models a tar or zip of config.json and model.safetensors; for ONNX models the .onnx file).
     """
 
     @staticmethod

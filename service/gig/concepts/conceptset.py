@@ -9,7 +9,8 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load as st_load
@@ -101,7 +102,7 @@ class ConceptSet:
 
     @classmethod
     def from_vectors(cls, vectors: dict[str, torch.Tensor], lam: float = 0.0, nonneg: bool = False,
-                     relative_lam: bool = False, **solver):
+                     relative_lam: bool = False, **solver: Any) -> ConceptSet:
         """A concept set from given concept vectors ``{layer: (K, C)}``; ``solver`` overrides :class:`LassoSettings`.
 
         ``lam`` is absolute unless ``relative_lam``: then each layer's scale is :func:`lam_scale` of its own
@@ -170,7 +171,7 @@ class ConceptSet:
 
     @torch.no_grad()
     def decompose(self, layer: str, pfvs: torch.Tensor, init: torch.Tensor | None = None,
-                  progress=None) -> torch.Tensor:
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Coefficients ``(..., K)`` of ``pfvs`` ``(..., C)``; ``init`` ``(..., K)`` warm-starts the Lasso;
         ``progress(rows_done, n_rows)`` after each chunk of rows the solver takes."""
         self._check_pfvs(layer, pfvs)

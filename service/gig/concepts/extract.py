@@ -15,7 +15,10 @@ on three planted datasets and tested on a fourth (``benchmarks/bench_concepts.py
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 import warnings
 
@@ -26,6 +29,7 @@ from gig.concepts.sampling import check_sampling, position_weights, sample_posit
 from gig.data import check_reiterable, eval_mode, iter_batches, n_batches
 from gig.layers import LOGITS, traced
 from gig.pfv import to_pfvs
+from gig.types import ConceptCounts, Data, Device, Progress
 
 
 DEFAULT_PFVS_PER_IMAGE = 4
@@ -35,9 +39,11 @@ DEFAULT_LAM = 0.02  # relative: λ = 0.02 · the layer's mean λ_max
 PAPER_PRESET = {"n_concepts": "paper", "method": "bisecting_kmeans", "pfvs_per_image": 1}
 
 
-def extract_concepts(model, data, layers, n_concepts=None, method=DEFAULT, pfvs_per_image=DEFAULT_PFVS_PER_IMAGE,
-                     sampling="contribution", lam=DEFAULT_LAM, nonneg=False, seed=0, device=None, progress=None,
-                     n_exemplars=8, relative_lam=True, solver: LassoSettings | None = None) -> ConceptSet:
+def extract_concepts(model: nn.Module, data: Data, layers: Sequence[str], n_concepts: ConceptCounts = None,
+                     method: str = DEFAULT, pfvs_per_image: int = DEFAULT_PFVS_PER_IMAGE,
+                     sampling: str = "contribution", lam: float = DEFAULT_LAM, nonneg: bool = False, seed: int = 0,
+                     device: Device = None, progress: Progress | None = None, n_exemplars: int = 8,
+                     relative_lam: bool = True, solver: LassoSettings | None = None) -> ConceptSet:
     """Concepts of ``layers`` of ``model`` on ``data`` (a re-iterable of images or ``(images, labels)`` that yields
     the same images in the same order on each pass: no shuffling; exemplars name images by that order).
 

@@ -29,8 +29,12 @@ other section is set.
 """
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
+import torch
+from torch import nn
+
+from gig.concepts.conceptset import ConceptSet
 from gig.build import build_graph, check_concept_layers
 from gig.concepts import extract_concepts
 from gig.data import check_reiterable, eval_mode, iter_batches, n_batches
@@ -42,18 +46,23 @@ from gig.evaluation.pairs import analyse, pair_problem
 from gig.evaluation.reconstruction import reconstruction
 from gig.evaluation.sanity import weight_randomization
 from gig.evaluation.stability import concept_stability, noise_stability
+from gig.graph import ConceptGraph
 from gig.layers import LOGITS
 from gig.quadrature import DEFAULT, check_method
 from gig.targets import DEFAULT_CLASS_TARGET, check_class_target
+from gig.types import Data, Progress, Steps
 
 METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity", "stability", "sanity")
 DEFAULT_METRICS = ("completeness", "reconstruction", "deletion", "target_deletion", "fidelity")
 
 
-def evaluate(model, data, concepts, graph=None, layers=None, metrics=DEFAULT_METRICS, steps=None, max_images=16,
-             seed=0, progress=None, *, method=DEFAULT, top_t=5, versus_steps=(8, 16, 32, 64), orders=tuple(ORDERS),
-             n_points=10, targets_per_image=1, n_subsets=32, subset_fraction=0.2, noise_std=0.05, top_k=20,
-             max_batch_rows=None, class_target=DEFAULT_CLASS_TARGET) -> dict:
+def evaluate(model: nn.Module, data: Data, concepts: ConceptSet, graph: ConceptGraph | None = None,
+             layers: Sequence[str] | None = None, metrics: Sequence[str] = DEFAULT_METRICS, steps: Steps = None,
+             max_images: int = 16, seed: int = 0, progress: Progress | None = None, *, method: str = DEFAULT,
+             top_t: int = 5, versus_steps: Sequence[int] = (8, 16, 32, 64), orders: Sequence[str] = tuple(ORDERS),
+             n_points: int = 10, targets_per_image: int = 1, n_subsets: int = 32, subset_fraction: float = 0.2,
+             noise_std: float = 0.05, top_k: int = 20, max_batch_rows: int | None = None,
+             class_target: str = DEFAULT_CLASS_TARGET) -> dict:
     """Evaluate ``concepts`` (and GIG on them) for ``model`` on the first ``max_images`` images of ``data``.
 
     ``metrics``: any of :data:`METRICS` (``stability`` re-extracts the concepts with seed + 1 over all of

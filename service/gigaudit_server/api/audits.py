@@ -21,8 +21,9 @@ MAX_SHARDS = 64
 MAX_RENDER_CONCEPTS = 1024
 MAX_EXPLAIN_IMAGE_BYTES = 16 * 1024**2
 MAX_EXPLAIN_TOP_K = 64
-_MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256")
-_DATASET_FIELDS = ("name", "sha256", "format", "n_images", "class_names", "uri")
+_MODEL_FIELDS = ("name", "architecture", "num_classes", "class_names", "input_size", "mean", "std", "weights_sha256",
+                 "architecture_options", "preprocessing", "tracer")
+_DATASET_FIELDS = ("name", "sha256", "format", "n_images", "class_names", "image_column", "label_column")
 
 
 class AuditServicer(audit_grpc.AuditServiceServicer):
@@ -244,12 +245,17 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         return model_id, record
 
     def _dataset(self, name: str) -> tuple[str, dict]:
+        """The dataset's ``DatasetSpec`` dict: ACTIVE (settled), with its URI when it is read in place."""
         dataset_id = names.dataset("dataset", name)
         try:
-            record = self.backend.catalog.get("datasets", dataset_id)
+            record = settlement.dataset(self.backend, dataset_id)
         except KeyError:
             raise errors.not_found("dataset", name) from None
-        return dataset_id, {k: record[k] for k in _DATASET_FIELDS if k in record}
+        if record.get("state", "ACTIVE") != "ACTIVE":
+            raise errors.failed_precondition(name, f"the dataset is {record['state']}: a worker is still inspecting "
+                                             f"it (operations/{record.get('operation')})")
+        spec = {k: record[k] for k in _DATASET_FIELDS if k in record}
+        return dataset_id, {**spec, "uri": record["uri"]} if record.get("in_place") else spec
 
     def _probes(self, name: str) -> tuple[str, dict | None]:
         """The probe dataset of an audit (``("", None)`` when none is named): visible, one folder per concept."""
@@ -261,6 +267,10 @@ class AuditServicer(audit_grpc.AuditServiceServicer):
         except KeyError:
             raise errors.not_found("dataset", name) from None
         ownership.check(record.get("owner", ""), "dataset", name)
+        if record.get("in_place") or record.get("format") not in ("tar", "zip"):
+            raise errors.invalid_argument({"probes": f"{name} is a {record.get('format') or 'pending'} dataset"
+                                                     f"{' read in place' if record.get('in_place') else ''}; a "
+                                                     "probe dataset is an uploaded ImageFolder tar or zip"})
         if not record.get("class_names"):
             raise errors.invalid_argument({"probes": f"{name} holds loose images; a probe dataset holds one folder "
                                                      "per named concept (name/image.png, masks in name/masks/)"})
@@ -349,7 +359,7 @@ def _method(name: str) -> str:
 
 
 def _model_params(record: dict) -> dict:
-    return {k: record[k] for k in _MODEL_FIELDS}
+    return {k: record[k] for k in _MODEL_FIELDS if k in record}  # a record from before a field existed: its default
 
 
 def _concept_values(options: audit_pb.ConceptOptions) -> dict:

@@ -1,20 +1,22 @@
-"""DatasetService: upload or register (allow-listed URI) archives, checked torch-free before registration."""
+"""DatasetService: upload a dataset file (checked and inspected torch-free before registration), or register one
+by allow-listed URI (inspected where it is by a worker, in an operation; never copied through the API)."""
 from __future__ import annotations
 
-import hashlib
+import os
 
 import grpc
-from fsspec.core import url_to_fs
 from google.protobuf import empty_pb2
 
 from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit_server.api import errors, idempotency, lifecycle, names, ownership, resources, uploaded, uploads
-from gigaudit_server.storage import archives as datasets
+from gigaudit_server.queue import schemas
+from gigaudit_server.storage import archives, dataset_sources, samples, settlement
 
-CHUNK_BYTES = 1024**2
 _UPLOAD = "/gigaudit.v1.DatasetService/UploadDataset"
 _REGISTER = "/gigaudit.v1.DatasetService/RegisterDataset"
+MAX_COLUMN_CHARS = 200
+INSPECT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class DatasetServicer(dataset_grpc.DatasetServiceServicer):
@@ -26,44 +28,56 @@ class DatasetServicer(dataset_grpc.DatasetServiceServicer):
         header, chunks = uploads.split_upload(request_iterator)
         dataset_id = names.check_id("header.dataset_id", header.dataset_id)
         spec = header.dataset
-        problems = {}
+        problems = _column_problems(spec, "header.dataset")
         if not uploaded.SHA256.fullmatch(spec.sha256):
             problems["header.dataset.sha256"] = "must be 64 lowercase hex digits"
         if spec.size_bytes < 1:
-            problems["header.dataset.size_bytes"] = "must be the positive size of the archive"
+            problems["header.dataset.size_bytes"] = "must be the positive size of the dataset file"
         if problems:
             raise errors.invalid_argument(problems)
         self._check_size(spec.size_bytes, "header.dataset.size_bytes")
-        return self._once(_UPLOAD, header, lambda: self._register(
-            dataset_id, spec.display_name, "", chunks, spec.sha256, spec.size_bytes))
+        return self._once(_UPLOAD, header, lambda: self._register(dataset_id, spec, chunks))
 
     @errors.handle_errors
     def RegisterDataset(self, request, context):
+        """Check the URI against the allow-list, record the dataset CREATING and queue the ``inspect_dataset`` job
+        that reads it where it is; returns that operation. Settled by ``storage.settlement.dataset``."""
         dataset_id = names.check_id("dataset_id", request.dataset_id)
-        uri, allowed = request.dataset.uri, self.backend.settings.dataset_uri_allowlist
-        if not any(uri.startswith(prefix) for prefix in allowed) or ".." in uri.split("/"):
-            raise errors.ApiError(grpc.StatusCode.PERMISSION_DENIED if uri else
-                                  grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"dataset.uri {uri!r} is not on an allowed location; allowed prefixes: "
-                                  f"{', '.join(allowed) or '(none configured: --dataset-uri-allowlist)'}")
-        if request.dataset.sha256 and not uploaded.SHA256.fullmatch(request.dataset.sha256):
-            raise errors.invalid_argument({"dataset.sha256": "must be empty or 64 lowercase hex digits"})
-        return self._once(_REGISTER, request, lambda: self._register_uri(dataset_id, request))
+        spec, allowed = request.dataset, self.backend.settings.dataset_uri_allowlist
+        try:
+            samples.check_uri(spec.uri, allowed)
+        except samples.NotAllowed as exc:
+            raise errors.ApiError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+        except ValueError as exc:
+            raise errors.invalid_argument({"dataset.uri": str(exc) if spec.uri else "is required"}) from None
+        problems = _column_problems(spec, "dataset")
+        if spec.sha256 and not uploaded.SHA256.fullmatch(spec.sha256):
+            problems["dataset.sha256"] = "must be empty or 64 lowercase hex digits"
+        if problems:
+            raise errors.invalid_argument(problems)
+        record = {"name": f"datasets/{dataset_id}", "display_name": spec.display_name, "sha256": spec.sha256,
+                  "size_bytes": 0, "format": "", "n_images": 0, "class_names": [], "uri": spec.uri,
+                  "in_place": True, "image_sizes": {}, "image_column": spec.image_column,
+                  "label_column": spec.label_column}
+        params = schemas.to_params(schemas.InspectDataset(
+            dataset_id=dataset_id, uri=spec.uri, sha256=spec.sha256, image_column=spec.image_column,
+            label_column=spec.label_column))
+        return lifecycle.start(self.backend, _REGISTER, request, "inspect_dataset", params,
+                               [("datasets", dataset_id, record, [])], [])
 
     @errors.handle_errors
     def GetDataset(self, request, context):
         try:
-            record = self.backend.catalog.get("datasets", names.dataset("name", request.name))
+            record = settlement.dataset(self.backend, names.dataset("name", request.name))
         except KeyError:
             raise errors.not_found("dataset", request.name) from None
         return resources.dataset_message(record)
 
     @errors.handle_errors
     def ListDatasets(self, request, context):
-        records, token = self.backend.catalog.list("datasets", page_size=request.page_size,
-                                                   page_token=request.page_token)
-        return dataset_pb.ListDatasetsResponse(datasets=[resources.dataset_message(r) for r in records],
-                                               next_page_token=token)
+        datasets, token = resources.settled_page(self.backend, "datasets", settlement.dataset,
+                                                 resources.dataset_message, request)
+        return dataset_pb.ListDatasetsResponse(datasets=datasets, next_page_token=token)
 
     @errors.handle_errors
     def DeleteDataset(self, request, context):
@@ -90,49 +104,47 @@ class DatasetServicer(dataset_grpc.DatasetServiceServicer):
         return self.backend.idempotency.once(ownership.owner(), method, message.request_id,
                                              idempotency.fingerprint(message), work, replay)
 
-    def _register_uri(self, dataset_id: str, request) -> str:
-        uri, sha = request.dataset.uri, request.dataset.sha256 or None
-        fs, path = url_to_fs(uri)
-        if not fs.isfile(path):
-            raise errors.not_found("dataset source", uri)
-        self._check_size(fs.size(path), "dataset.uri")
-        if sha is None:  # the digest pins the artifact before it is stored: compute it first
-            digest = hashlib.sha256()
-            with fs.open(path, "rb") as source:
-                for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
-                    digest.update(chunk)
-            sha = digest.hexdigest()
-        with fs.open(path, "rb") as source:
-            return self._register(dataset_id, request.dataset.display_name, uri,
-                                  iter(lambda: source.read(CHUNK_BYTES), b""), sha, None)
-
-    def _register(self, dataset_id, display_name, uri, chunks, sha256, size) -> str:
-        """Store, check and register an archive; returns the dataset id. Nothing stays on a refusal."""
+    def _register(self, dataset_id: str, spec, chunks) -> str:
+        """Store, check and register an uploaded dataset file; returns the dataset id. Nothing stays on a
+        refusal."""
         settings, store = self.backend.settings, self.backend.store
-        limits = datasets.DatasetLimits(max_images=settings.max_dataset_images,
+        limits = archives.DatasetLimits(max_images=settings.max_dataset_images,
                                         max_total_bytes=settings.max_dataset_expanded_bytes,
                                         max_image_pixels=settings.max_image_pixels)
 
         def store_chunks() -> int:
-            return uploaded.store(self.backend, "datasets", chunks, sha256, size, settings.max_dataset_bytes)[1]
+            return uploaded.store(self.backend, "datasets", chunks, spec.sha256, spec.size_bytes,
+                                  settings.max_dataset_bytes)[1]
 
         def make_record(stored_size: int) -> dict:
+            location = store.fs.unstrip_protocol(store.path("datasets", spec.sha256))
             try:
-                with store.open("datasets", sha256) as archive:
-                    info = datasets.inspect_archive(archive, limits)
-            except datasets.LimitExceeded as exc:
+                format = dataset_sources.detect_format(location, limits)
+                if format in dataset_sources.MANIFESTS:
+                    raise errors.invalid_argument({"chunk": "a manifest of image URIs is read where its images "
+                                                            "are: register it by URI (RegisterDataset)"})
+                info = dataset_sources.inspect_dataset(location, limits, format=format,
+                                                       image_column=spec.image_column,
+                                                       label_column=spec.label_column, threads=INSPECT_THREADS)
+            except archives.LimitExceeded as exc:
                 raise errors.resource_exhausted("chunk", str(exc)) from None
-            except ValueError as exc:
-                raise errors.invalid_argument({"chunk": str(exc)}, f"not a valid dataset archive: {exc}") from None
-            return {"name": f"datasets/{dataset_id}", "display_name": display_name, "sha256": sha256,
+            except (ValueError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise errors.invalid_argument({"chunk": str(exc)}, f"not a valid dataset: {exc}") from None
+            return {"name": f"datasets/{dataset_id}", "display_name": spec.display_name, "sha256": spec.sha256,
                     "size_bytes": stored_size, "format": info.format, "n_images": info.n_images,
-                    "class_names": list(info.class_names), "uri": uri,
-                    "image_sizes": dict(info.image_sizes)}
+                    "class_names": list(info.class_names), "uri": "", "image_sizes": dict(info.image_sizes),
+                    "image_column": spec.image_column, "label_column": spec.label_column}
 
-        lifecycle.register_upload(self.backend, "datasets", dataset_id, sha256, store_chunks, make_record)
+        lifecycle.register_upload(self.backend, "datasets", dataset_id, spec.sha256, store_chunks, make_record)
         return dataset_id
 
     def _check_size(self, size: int, field: str) -> None:
         if size > self.backend.settings.max_dataset_bytes:
             raise errors.resource_exhausted(field, f"{size} bytes exceed the limit of "
                                                    f"{self.backend.settings.max_dataset_bytes} bytes per dataset")
+
+
+def _column_problems(spec, prefix: str) -> dict[str, str]:
+    """Field violations of the image and label column names."""
+    return {f"{prefix}.{field}": f"must be at most {MAX_COLUMN_CHARS} characters"
+            for field in ("image_column", "label_column") if len(getattr(spec, field)) > MAX_COLUMN_CHARS}

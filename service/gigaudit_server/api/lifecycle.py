@@ -105,7 +105,6 @@ def delete(backend, collection: str, resource_id: str, *, force: bool) -> None:
     """Delete a resource. Without ``force``, FAILED_PRECONDITION while it has children (concept sets, graphs) or
     unfinished operations, listing them; with it, the children are deleted first and the operations cancelled."""
     name = resource_name(collection, resource_id)
-    kind_field = settlement.UPLOADED.get(collection)
     for _ in range(8):  # children may be added between a cascade and the delete: go again
         try:
             record = backend.catalog.get(collection, resource_id)
@@ -113,7 +112,7 @@ def delete(backend, collection: str, resource_id: str, *, force: bool) -> None:
             raise errors.not_found(NOUNS[collection], name) from None
         if collection in ("conceptSets", "conceptGraphs"):
             ownership.check(record.get("owner", ""), NOUNS[collection], name)
-        blob = (kind_field[0], record[kind_field[1]]) if kind_field else None
+        blob = settlement.artifact_of(collection, record)
         users = backend.catalog.users(collection, resource_id) if force else []
         try:
             removed = backend.catalog.delete(collection, resource_id, blob=blob, ignore_users=force)

@@ -45,6 +45,8 @@ def _target(job: Job) -> str:
     params = job.params
     if job.kind == "validate_model" and params.get("model_id"):
         return f"models/{params['model_id']}"
+    if job.kind == "inspect_dataset" and params.get("dataset_id"):
+        return f"datasets/{params['dataset_id']}"
     return params.get("concept_graph") or params.get("concept_set") or ""
 
 

@@ -31,6 +31,19 @@ def to_struct(data: dict | None) -> struct_pb2.Struct:
 
 
 # ---------------------------------------------------------------------------------------------- models, datasets
+def settled_page(plane, collection: str, settle, message, request) -> tuple[list, str]:
+    """``(messages, next page token)``: one page of ``collection``, each record settled first (``settle(plane,
+    id)``, e.g. ``settlement.model``); a record that settling removes (its check failed) is left out."""
+    records, token = plane.catalog.list(collection, page_size=request.page_size, page_token=request.page_token)
+    found = []
+    for record in records:
+        try:
+            found.append(message(settle(plane, record["name"].split("/", 1)[1])))
+        except KeyError:  # its check failed: removed
+            continue
+    return found, token
+
+
 def model_message(record: dict) -> model_pb.Model:
     return model_pb.Model(
         name=record["name"], display_name=record.get("display_name", ""), architecture=record["architecture"],
@@ -38,16 +51,43 @@ def model_message(record: dict) -> model_pb.Model:
         mean=record["mean"], std=record["std"], size_bytes=record["size_bytes"], sha256=record["weights_sha256"],
         create_time=timestamp(record["create_time"]), default_layers=record.get("default_layers", []),
         state=_STATES[record.get("state", "ACTIVE")], owner=record.get("owner", ""),
-        operation=f"operations/{record['operation']}" if record.get("operation") else "")
+        operation=f"operations/{record['operation']}" if record.get("operation") else "",
+        preprocessing=preprocessing_message(record.get("preprocessing") or {}),
+        architecture_options=to_struct(record.get("architecture_options")),
+        tracer=model_pb.TracerOptions(**(record.get("tracer") or {})), family=record.get("family", ""))
+
+
+def preprocessing_message(spec: dict) -> model_pb.Preprocessing:
+    """A Preprocessing message of a ``PreprocessingSpec`` dict (``queue.schemas``)."""
+    return model_pb.Preprocessing(
+        height=spec.get("height", 0), width=spec.get("width", 0),
+        resize_mode=f"RESIZE_MODE_{(spec.get('resize_mode') or 'unspecified').upper()}",
+        crop_pct=spec.get("crop_pct", 0.0),
+        interpolation=f"INTERPOLATION_{(spec.get('interpolation') or 'unspecified').upper()}",
+        mean=spec.get("mean", []), std=spec.get("std", []), source=spec.get("source", ""))
+
+
+def preprocessing_spec(message: model_pb.Preprocessing) -> dict:
+    """The ``PreprocessingSpec`` dict of a Preprocessing message (unspecified enums: empty strings)."""
+    resize = model_pb.ResizeMode.Name(message.resize_mode).removeprefix("RESIZE_MODE_").lower()
+    interpolation = model_pb.Interpolation.Name(message.interpolation).removeprefix("INTERPOLATION_").lower()
+    return {"height": message.height, "width": message.width,
+            "resize_mode": "" if resize == "unspecified" else resize, "crop_pct": round(message.crop_pct, 6),
+            "interpolation": "" if interpolation == "unspecified" else interpolation,
+            "mean": list(message.mean), "std": list(message.std), "source": ""}
 
 
 def dataset_message(record: dict) -> dataset_pb.Dataset:
+    """A Dataset message of a dataset record (format unspecified while a worker inspects it)."""
     return dataset_pb.Dataset(
         name=record["name"], display_name=record.get("display_name", ""),
-        format=dataset_pb.DatasetFormat.Value(f"DATASET_FORMAT_{record['format'].upper()}"),
+        format=dataset_pb.DatasetFormat.Value(f"DATASET_FORMAT_{(record['format'] or 'unspecified').upper()}"),
         image_count=record["n_images"], class_names=record["class_names"], size_bytes=record["size_bytes"],
         sha256=record["sha256"], uri=record.get("uri", ""), create_time=timestamp(record["create_time"]),
-        owner=record.get("owner", ""), image_sizes=dataset_pb.ImageSizes(**(record.get("image_sizes") or {})))
+        owner=record.get("owner", ""), image_sizes=dataset_pb.ImageSizes(**(record.get("image_sizes") or {})),
+        state=_STATES[record.get("state", "ACTIVE")],
+        operation=f"operations/{record['operation']}" if record.get("operation") else "",
+        image_column=record.get("image_column", ""), label_column=record.get("label_column", ""))
 
 
 # ---------------------------------------------------------------------------------------------- concept sets
@@ -124,6 +164,8 @@ def operation_response(backend, job: Job):
             evidence=to_struct(job.result.get("evidence")))
     if job.kind == "validate_model":
         return model_message(settlement.model(backend, params["model_id"]))
+    if job.kind == "inspect_dataset":
+        return dataset_message(settlement.dataset(backend, params["dataset_id"]))
     if job.kind == "explain_image":
         return image_explanation_message(job.result, backend.store.read("exemplars", job.result["overlays_sha"]))
     return empty_pb2.Empty()

@@ -1,21 +1,26 @@
-"""Client-streaming uploads: the header message, then the chunks; and the torch-free safetensors check.
+"""Client-streaming uploads: the header message, then the chunks; and the torch-free checks of model files.
 
 The safetensors check runs on the stream itself, before anything is stored: a file is 8 bytes of little-endian
 header length, that many bytes of a JSON object ``{tensor: {dtype, shape, data_offsets}, "__metadata__": …}``, then
 the tensor data. Pickles (``torch.save``) and zip archives (TorchScript, ``.pt2``, new ``torch.save``) are named as
-such, since loading them runs code.
+such, since loading them runs code. Hugging Face archives (:func:`checked_hf_archive`) and ONNX files
+(:func:`checked_onnx`) have their own checks; :func:`checked_weights` picks one by an architecture's weights format.
 """
 from __future__ import annotations
 
 import json
 import math
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from gigaudit_server.api import errors
+from gigaudit_server.storage.hf_archives import read_hf_archive
 
 MAX_HEADER_BYTES = 32 * 1024**2  # the safetensors library allows 100 MB, the Hugging Face Hub 25 MB
 MAX_HEADER_VALUES = 1_000_000  # JSON values in a header (~100 000 tensors): bounds what parsing it allocates
+HF_MAX_EXPANSION = 8  # a zip's model.safetensors may declare at most this many times the archive's size
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
@@ -106,3 +111,80 @@ def _header_length(first8: bytes, size: int) -> int:
         raise ValueError(f"weights are not safetensors: header length {length} does not fit the {size}-byte file "
                          f"(at most {MAX_HEADER_BYTES} bytes)")
     return length
+
+
+def check_safetensors_file(stream: BinaryIO, size: int, what: str = "weights") -> None:
+    """``ValueError`` when the ``size``-byte binary ``stream`` does not start with a valid safetensors header."""
+    first8 = stream.read(8)
+    if len(first8) < 8:
+        raise ValueError(f"{what} are not safetensors: {len(first8)} bytes")
+    length = _header_length(first8, size)
+    header = stream.read(length)
+    if len(header) < length:
+        raise ValueError(f"{what} are not safetensors: the file ends inside the header")
+    parse_safetensors_header(header, size - 8 - length)
+
+
+def checked_hf_archive(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Pass ``chunks`` through; at the end of the stream, ``ValueError`` unless they are a Hugging Face archive (an
+    uncompressed tar or a zip of config.json and model.safetensors, optionally preprocessor_config.json;
+    :mod:`gigaudit_server.storage.hf_archives`) whose model.safetensors has a valid header. The stream is spooled
+    to a temporary file for the check (a zip's directory is at its end)."""
+    with tempfile.TemporaryFile(prefix="gigaudit-upload-") as spool:
+        for chunk in chunks:
+            spool.write(chunk)
+            yield chunk
+        spool.seek(0)
+        archive = read_hf_archive(spool)
+        if archive.weights_size > size * HF_MAX_EXPANSION:
+            raise ValueError(f"model.safetensors holds {archive.weights_size} bytes, more than {HF_MAX_EXPANSION} "
+                             f"times the {size}-byte archive")
+        with archive.open_weights() as weights:
+            check_safetensors_file(weights, archive.weights_size, "model.safetensors")
+
+
+def checked_onnx(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Pass ``chunks`` through, refusing with ``ValueError`` ("not an ONNX model") a stream that does not start like
+    an ONNX ModelProto (protobuf): zips and pickles are named. The worker parses the whole file."""
+    head = bytearray()
+    checked = False
+    for chunk in chunks:
+        if not checked:
+            head += chunk[:16 - len(head)]
+            if len(head) >= min(16, size):
+                _check_onnx_head(bytes(head))
+                checked = True
+        yield chunk
+    if not checked:
+        _check_onnx_head(bytes(head))
+
+
+# ModelProto's fields: number -> protobuf wire type (0 varint, 2 length-delimited)
+_ONNX_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+
+def _check_onnx_head(head: bytes) -> None:
+    other = sniff_format(head)
+    if other:
+        raise ValueError(f"not an ONNX model: the file is {other}; export with torch.onnx.export (and never upload "
+                         "pickles: loading them runs code)")
+    tag, shift = 0, 0
+    for i, byte in enumerate(head[:5]):
+        tag |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        raise ValueError("not an ONNX model: the file does not start with a protobuf field")
+    field, wire = tag >> 3, tag & 7
+    if _ONNX_MODEL_FIELDS.get(field) != wire:
+        raise ValueError(f"not an ONNX model: the file starts with bytes {head[:8].hex()}, not an ONNX ModelProto "
+                         "field")
+
+
+def checked_weights(weights_format: str, chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The checking pass-through of ``chunks`` for an architecture's ``weights_format``."""
+    checkers = {"safetensors": checked_safetensors, "huggingface": checked_hf_archive, "onnx": checked_onnx}
+    if weights_format not in checkers:
+        raise ValueError(f"unknown weights format {weights_format!r}; valid formats: {', '.join(checkers)}")
+    return checkers[weights_format](chunks, size)

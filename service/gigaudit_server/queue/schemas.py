@@ -24,33 +24,72 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+Scalar = str | int | float | bool
+
+
+class PreprocessingSpec(_Schema):
+    """How an image becomes the model's input (``gig.preprocessing.Preprocessing``). In a registration request a
+    field left at its zero value comes from the model's own configuration, else the defaults; in a registered
+    model's record every field is resolved."""
+    height: int = Field(0, ge=0, le=4096, description="input height in pixels (0: unset)")
+    width: int = Field(0, ge=0, le=4096, description="input width in pixels (0: unset)")
+    resize_mode: Literal["", "shorter_side_crop", "exact"] = Field("", description="empty: unset")
+    crop_pct: float = Field(0.0, ge=0, le=1, description="fraction the centre crop keeps (0: unset)")
+    interpolation: Literal["", "bilinear", "bicubic", "nearest", "lanczos"] = Field("", description="empty: unset")
+    crop_offset: Literal["", "round", "floor"] = Field(
+        "", description="where the crop starts in its margin: torchvision's round(m / 2), HF's m // 2 (empty: unset)")
+    mean: list[float] = Field(default_factory=list, max_length=3, description="3 values, or empty: unset")
+    std: list[float] = Field(default_factory=list, max_length=3, description="3 positive values, or empty: unset")
+    source: str = Field("", max_length=200, description="where the choices came from")
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _rgb(cls, values: list[float], info) -> list[float]:
+        if values and len(values) != 3:
+            raise ValueError(f"{info.field_name} needs 3 values (RGB) or none")
+        if info.field_name == "std" and values and min(values) <= 0:
+            raise ValueError("std values must all be positive")
+        return values
+
+
+class TracerSpec(_Schema):
+    """How the model's layers are found when torch.fx cannot trace it as it is (``gig.layers.TracerOptions``)."""
+    leaf_modules: list[str] = Field(default_factory=list, max_length=64,
+                                    description="module class names or paths fx keeps whole")
+    autowrap_functions: list[str] = Field(default_factory=list, max_length=64,
+                                          description="'module.function' of imported modules fx does not enter")
+    hooked_layers: list[str] = Field(default_factory=list, max_length=64,
+                                     description="module paths captured with forward hooks (fx not used)")
+
+
 class ModelSpec(_Schema):
     """What a worker needs to build a registered model."""
     name: ResourceName
     architecture: str = Field(min_length=1, description="a name from ListArchitectures")
     num_classes: int = Field(ge=1)
     class_names: list[str] = Field(default_factory=list)
-    input_size: int = Field(ge=1, le=4096, description="side of the square input in pixels")
-    mean: list[float] = Field(min_length=3, max_length=3)
-    std: list[float] = Field(min_length=3, max_length=3, description="all positive")
+    input_size: int = Field(0, ge=0, le=4096, description="side of a square input in pixels (0: from preprocessing)")
+    mean: list[float] = Field(default_factory=list, max_length=3, description="3 values, or empty")
+    std: list[float] = Field(default_factory=list, max_length=3, description="3 positive values, or empty")
     weights_sha256: Sha256
+    architecture_options: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict, max_length=32, description="keyword arguments of the architecture's builder")
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    tracer: TracerSpec = Field(default_factory=TracerSpec)
 
-    @field_validator("std")
-    @classmethod
-    def _positive(cls, std: list[float]) -> list[float]:
-        if min(std) <= 0:
-            raise ValueError("std values must all be positive")
-        return std
+    _rgb = field_validator("mean", "std")(PreprocessingSpec._rgb.__func__)
 
 
 class DatasetSpec(_Schema):
-    """A registered dataset archive."""
+    """A registered dataset: an artifact in the store (``sha256``), or data read in place at ``uri``."""
     name: ResourceName
     sha256: Sha256
-    format: Literal["tar", "zip"]
+    format: Literal["tar", "zip", "webdataset", "parquet", "hf_dataset", "csv_manifest", "jsonl_manifest"]
     n_images: int = Field(ge=0)
     class_names: list[str] = Field(default_factory=list)
-    uri: str = ""
+    uri: str = Field("", description="where the data is read in place (empty: the stored artifact)")
+    image_column: str = Field("", max_length=200, description="parquet, HF datasets, manifests: the image column")
+    label_column: str = Field("", max_length=200, description="parquet, HF datasets, manifests: the label column")
 
 
 class ConceptOptions(_Schema):
@@ -162,6 +201,18 @@ class ListLayers(_Job):
     kind: ClassVar[str] = "list_layers"
     architecture: str = Field(min_length=1, description="a name from ListArchitectures")
     num_classes: int = Field(ge=1, le=1_000_000)
+    architecture_options: dict[str, Scalar | list[Scalar]] = ModelSpec.model_fields["architecture_options"]
+    tracer: TracerSpec = Field(default_factory=TracerSpec)
+
+
+class InspectDataset(_Job):
+    """Inspect a dataset registered by URI where it is: count and check its images, read its classes and sizes."""
+    kind: ClassVar[str] = "inspect_dataset"
+    dataset_id: str = Field(min_length=1, max_length=63)
+    uri: str = Field(min_length=1, max_length=2000)
+    sha256: str = Field("", description="expected sha256 of a single-file dataset (empty: not checked)")
+    image_column: str = DatasetSpec.model_fields["image_column"]
+    label_column: str = DatasetSpec.model_fields["label_column"]
 
 
 class Noop(_Job):
@@ -171,7 +222,8 @@ class Noop(_Job):
 
 
 KINDS: dict[str, type[_Job]] = {cls.kind: cls for cls in (ValidateModel, ExtractConcepts, BuildGraph, Audit,
-                                                          RenderExemplars, ExplainImage, ListLayers, Noop)}
+                                                          RenderExemplars, ExplainImage, ListLayers,
+                                                          InspectDataset, Noop)}
 
 
 def to_params(job: _Job) -> dict:
@@ -212,6 +264,7 @@ def markdown() -> str:
              "> docs/jobs.md`; a test checks that it is current. An option marked *gig's default* is left out of the "
              "job when unset, and the `gig` core's keyword default applies.", ""]
     sections = [*((f"`{kind}`", cls) for kind, cls in KINDS.items()), ("`ModelSpec`", ModelSpec),
+                ("`PreprocessingSpec`", PreprocessingSpec), ("`TracerSpec`", TracerSpec),
                 ("`DatasetSpec`", DatasetSpec)]
     for title, cls in sections:
         lines += [f"## {title}", "", (cls.__doc__ or "").strip(), "", "| parameter | type | bounds | meaning |",

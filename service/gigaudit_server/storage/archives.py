@@ -67,6 +67,7 @@ class DatasetLimits:
     max_image_pixels: int = 4096 * 4096
     max_image_bytes: int = 64 * 1024**2  # one image file
     max_members: int | None = None  # every member, directories and skipped files too; None: 2 * max_images + 10_000
+    max_block_bytes: int = 256 * 1024**2  # one Arrow record batch or parquet row group (columns read), one manifest
 
     @property
     def member_limit(self) -> int:
@@ -75,7 +76,7 @@ class DatasetLimits:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    format: str  # "tar" | "zip"
+    format: str  # "tar" | "zip" | "webdataset" | "parquet" | "hf_dataset" | "csv_manifest" | "jsonl_manifest"
     n_images: int
     class_names: list[str] = field(default_factory=list)  # [] for a flat, unlabelled dataset
     total_bytes: int = 0  # uncompressed size of the images
@@ -153,6 +154,40 @@ class Member:
         data.seek(0)
         return data
 
+    @contextmanager
+    def stream(self, max_read: int) -> Iterator[BoundedReader]:
+        """The member as a file object for a streaming reader (Arrow IPC): never beyond its declared size, and no
+        single read asks for more than ``max_read`` bytes (only while the pass is at this member)."""
+        with _damage_named(self._format, self.name), self._open() as handle:
+            yield BoundedReader(handle, self.name, self.size, max_read)
+
+
+class BoundedReader(io.RawIOBase):
+    """A read-only file object over ``handle`` that refuses to go beyond ``size`` bytes in all, or to hand out more
+    than ``max_read`` bytes in one read (what bounds the memory of a reader that trusts lengths in its input)."""
+
+    def __init__(self, handle: IO[bytes], name: str, size: int, max_read: int):
+        super().__init__()
+        self._handle, self.name, self._size, self._max_read, self._read = handle, name, size, max_read, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wanted = len(buffer)
+        if wanted > self._max_read:
+            raise ValueError(f"{self.name!r} asks for a block of {wanted} bytes, more than the limit of "
+                             f"{self._max_read} bytes per block; write it in smaller batches")
+        data = self._handle.read(min(wanted, self._size - self._read + 1))
+        self._read += len(data)
+        if self._read > self._size:
+            raise ValueError(f"{self.name!r} expands beyond its declared size of {self._size} bytes")
+        buffer[:len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self._read
+
 
 class Archive:
     """An opened tar or zip; :meth:`images` makes one checked, sequential pass over its image members."""
@@ -188,13 +223,11 @@ class Archive:
             raise RuntimeError("Archive.info() needs a complete pass of images() first")
         return DatasetInfo(self.format, self.n_images, self.class_names, self.total_bytes, n_masks=self.n_masks)
 
-    def images(self, masks: bool = False) -> Iterator[Member]:
-        """The image members in archive order, each checked before it is yielded; ``ValueError`` names a bad one.
-
-        ``masks``: also yield the ``class_name/masks/`` members (``Member.mask``), checked alike; else they are
-        passed over (a probe set then reads as an ordinary labelled dataset)."""
-        members, expanded, images, depth, classes, n_masks = 0, 0, 0, None, set(), 0
-        self.total_bytes, self._complete = 0, False
+    def files(self) -> Iterator[Member]:
+        """Every regular file member in archive order (hidden files and ``__MACOSX`` passed over), after the checks
+        every format shares: member count, path, type, declared size and total expanded size. What a file may be
+        (image, label, table) is the caller's check; a member is readable only while the pass is at it."""
+        members, expanded = 0, 0
         raw_members = self._zip_members() if self._zip else self._tar_members()
         for raw_name, kind, size, opener in raw_members:
             members += 1
@@ -211,36 +244,43 @@ class Archive:
                 continue
             if kind != "file":
                 raise ValueError(f"member {raw_name!r} is a {kind}; only regular files are accepted")
+            yield Member(name, size, opener, self.format)
+
+    def images(self, masks: bool = False) -> Iterator[Member]:
+        """The image members in archive order, each checked before it is yielded; ``ValueError`` names a bad one.
+
+        ``masks``: also yield the ``class_name/masks/`` members (``Member.mask``), checked alike; else they are
+        passed over (a probe set then reads as an ordinary labelled dataset)."""
+        images, depth, classes, n_masks = 0, None, set(), 0
+        self.total_bytes, self._complete = 0, False
+        for member in self.files():
+            name, size = member.name, member.size
             if not name.lower().endswith(IMAGE_EXTENSIONS):
-                raise ValueError(f"member {raw_name!r} is not an image; accepted: {', '.join(IMAGE_EXTENSIONS)}")
+                raise ValueError(f"member {name!r} is not an image; accepted: {', '.join(IMAGE_EXTENSIONS)}")
             parts = name.count("/") + 1
             if parts == 3 and name.split("/")[1] == "masks" and depth != 1:  # a probe set's mask
-                if size > self.limits.max_image_bytes:
-                    raise ValueError(f"mask {raw_name!r} declares {size} bytes, more than the limit of "
-                                     f"{self.limits.max_image_bytes} bytes per image (decompression bomb?)")
+                check_image_size(name, size, self.limits, "mask")
                 n_masks += 1
                 if n_masks > self.limits.max_images:
                     raise LimitExceeded(f"archive holds more than {self.limits.max_images} masks (at member "
-                                        f"{raw_name!r})")
+                                        f"{name!r})")
                 self.total_bytes += size
                 if masks:
-                    yield Member(name, size, opener, self.format, mask=True)
+                    yield Member(name, size, member._open, self.format, mask=True)
                 continue
             if parts > 2 or (depth is not None and parts != depth):
-                raise ValueError(f"member {raw_name!r} breaks the layout: use class_name/image.png for every image "
+                raise ValueError(f"member {name!r} breaks the layout: use class_name/image.png for every image "
                                  "(labelled; masks of a probe set in class_name/masks/image.png) or image.png for "
                                  "every image (unlabelled)")
             depth = parts
-            if size > self.limits.max_image_bytes:
-                raise ValueError(f"image {raw_name!r} declares {size} bytes, more than the limit of "
-                                 f"{self.limits.max_image_bytes} bytes per image (decompression bomb?)")
+            check_image_size(name, size, self.limits)
             images += 1
             if images > self.limits.max_images:
-                raise LimitExceeded(f"archive holds more than {self.limits.max_images} images (at member {raw_name!r})")
+                raise LimitExceeded(f"archive holds more than {self.limits.max_images} images (at member {name!r})")
             if parts == 2:
                 classes.add(name.split("/")[0])
             self.total_bytes += size
-            yield Member(name, size, opener, self.format)
+            yield member
         if not images:
             raise ValueError(f"archive holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         if n_masks and depth == 1:
@@ -425,6 +465,13 @@ def _member_kind(member: tarfile.TarInfo | zipfile.ZipInfo) -> str:
     if member.isdev():
         return "device or fifo"
     return "file" if member.isfile() else "special member"
+
+
+def check_image_size(name: str, size: int, limits: DatasetLimits, what: str = "image") -> None:
+    """``ValueError`` when an image file declares more bytes than ``limits.max_image_bytes``."""
+    if size > limits.max_image_bytes:
+        raise ValueError(f"{what} {name!r} declares {size} bytes, more than the limit of {limits.max_image_bytes} "
+                         "bytes per image (decompression bomb?)")
 
 
 def decode_image(name: str, data: bytes | IO[bytes], limits: DatasetLimits) -> Image.Image:

@@ -30,6 +30,7 @@ DELETING_TTL_S = 60
 PIN_WAIT_S = 10.0
 _UNFINISHED = ("QUEUED", "RUNNING")
 LAYERS_CACHE_TTL_S = 24 * 3600.0
+ARCHITECTURE_FIELDS = ("family", "source", "weights_format", "description")  # published per architecture
 
 
 class AlreadyExists(Exception):
@@ -245,12 +246,21 @@ class Catalog:
     # ------------------------------------------------------------------ architectures published by workers
     def publish_architectures(self, names) -> None:
         """Called by workers (which import torch) so that the torch-free API can list and check architectures:
-        ``names`` is an iterable of names or a mapping ``{name: one-line description}``."""
+        ``names`` is an iterable of names, a mapping ``{name: one-line description}``, or a mapping ``{name: {family,
+        source, weights_format, description}}`` (``worker.architectures.architecture_details``)."""
         if names:
             self.redis.sadd(keys.architectures(), *names)
-        described = {name: text for name, text in names.items() if text} if isinstance(names, Mapping) else {}
+        details = {n: v for n, v in names.items() if isinstance(v, Mapping)} if isinstance(names, Mapping) else {}
+        described = {name: (text.get("description", "") if isinstance(text, Mapping) else text)
+                     for name, text in names.items()} if isinstance(names, Mapping) else {}
+        described = {name: text for name, text in described.items() if text}
+        pipe = self.redis.pipeline(transaction=False)
         if described:
-            self.redis.hset(keys.architecture_descriptions(), mapping=described)
+            pipe.hset(keys.architecture_descriptions(), mapping=described)
+        if details:
+            pipe.hset(keys.architecture_details(), mapping={
+                name: json.dumps({k: info.get(k, "") for k in ARCHITECTURE_FIELDS}) for name, info in details.items()})
+        pipe.execute()
 
     def architectures(self) -> list[str]:
         return sorted(_text(n) for n in self.redis.smembers(keys.architectures()))
@@ -258,6 +268,16 @@ class Catalog:
     def architecture_descriptions(self) -> dict[str, str]:
         """``{name: description}`` as workers published them (names without one are absent)."""
         return {_text(k): _text(v) for k, v in self.redis.hgetall(keys.architecture_descriptions()).items()}
+
+    def architecture_details(self) -> dict[str, dict]:
+        """``{name: {family, source, weights_format, description}}`` as workers published them (names published
+        without details are absent)."""
+        return {_text(k): json.loads(v) for k, v in self.redis.hgetall(keys.architecture_details()).items()}
+
+    def architecture_detail(self, name: str) -> dict | None:
+        """The published details of one architecture, or None."""
+        raw = self.redis.hget(keys.architecture_details(), name)
+        return json.loads(raw) if raw else None
 
     def architecture_layers(self, architecture: str, num_classes: int) -> dict | None:
         """The cached layer listing of an architecture with random weights (a ``list_layers`` job's result)."""

@@ -19,21 +19,37 @@ from gigaudit_server.queue.jobs import Job, JobState
 from gigaudit_server.storage import exemplars
 
 log = logging.getLogger(__name__)
+# what an ``inspect_dataset`` job found, copied into the dataset's record
+DATASET_RESULT = ("format", "n_images", "class_names", "image_sizes", "sha256", "size_bytes", "image_bytes")
 
 
 def model(plane, model_id: str) -> dict:
     """The model's record, settled; ``KeyError`` when absent (or removed because its validation failed)."""
-    record = plane.catalog.get("models", model_id)
+    return _settle_checked(plane, "models", model_id, lambda result: {
+        "layers": result["layers"], "default_layers": result["default_layers"],
+        **{key: result[key] for key in ("preprocessing", "family") if key in result}})
+
+
+def dataset(plane, dataset_id: str) -> dict:
+    """The dataset's record, settled against its ``inspect_dataset`` job (registered by URI): ACTIVE with what the
+    worker found, or removed when the inspection failed (``KeyError``, as when absent)."""
+    return _settle_checked(plane, "datasets", dataset_id,
+                           lambda result: {key: result[key] for key in DATASET_RESULT if key in result})
+
+
+def _settle_checked(plane, collection: str, resource_id: str, found) -> dict:
+    """A record a worker checks before it is ACTIVE (a model's weights, a dataset read in place): ACTIVE with
+    ``found(result)`` once its job succeeded, removed (``KeyError``) once it failed, as it is while it runs."""
+    record = plane.catalog.get(collection, resource_id)
     if record.get("state", "ACTIVE") != "CREATING":
         return record
     job = _job(plane, record.get("operation"))
     if job is None or not job.finished:
         return record
     if job.state is JobState.SUCCEEDED:
-        return plane.catalog.update("models", model_id, state="ACTIVE", layers=job.result["layers"],
-                                    default_layers=job.result["default_layers"])
-    remove_uploaded(plane, "models", model_id)
-    raise KeyError(f"models/{model_id}")
+        return plane.catalog.update(collection, resource_id, state="ACTIVE", **found(job.result))
+    remove_uploaded(plane, collection, resource_id)
+    raise KeyError(f"{collection}/{resource_id}")
 
 
 def concept_set(plane, model_id: str, set_id: str) -> dict:
@@ -56,6 +72,8 @@ def settle_job(plane, job: Job) -> None:
     targets = []
     if job.kind == "validate_model":
         targets.append((model, (params.get("model_id") or "",)))
+    if job.kind == "inspect_dataset":
+        targets.append((dataset, (params.get("dataset_id") or "",)))
     for key, settle in (("concept_set", concept_set), ("concept_graph", concept_graph)):
         if params.get(key):
             targets.append((settle, _ids(params[key])))
@@ -68,14 +86,23 @@ def settle_job(plane, job: Job) -> None:
 
 def remove_uploaded(plane, collection: str, resource_id: str) -> None:
     """Delete a model or dataset record and, when no other record or upload needs it, its artifact."""
-    kind, field = UPLOADED[collection]
     try:
         record = plane.catalog.get(collection, resource_id)
     except KeyError:
         return
-    record = plane.catalog.delete(collection, resource_id, blob=(kind, record[field]))
+    blob = artifact_of(collection, record)
+    record = plane.catalog.delete(collection, resource_id, blob=blob)
     if record["blob_unreferenced"]:
-        delete_artifact(plane, kind, record[field])
+        delete_artifact(plane, *blob)
+
+
+def artifact_of(collection: str, record: dict) -> tuple[str, str] | None:
+    """``(kind, sha256)`` of the stored artifact a model or dataset record references; ``None`` for a dataset read
+    in place (registered by URI: nothing of it is stored) and for other collections."""
+    if collection not in UPLOADED or (collection == "datasets" and record.get("in_place")):
+        return None
+    kind, field = UPLOADED[collection]
+    return kind, record[field]
 
 
 def delete_artifact(plane, kind: str, sha: str) -> None:

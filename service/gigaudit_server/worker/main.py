@@ -24,7 +24,7 @@ from gigaudit_server.queue.retry import DEFAULT_WINDOW_S
 from gigaudit_server.storage import settlement
 from gigaudit_server.storage.artifacts import ArtifactStore
 from gigaudit_server.storage.catalog import Catalog
-from gigaudit_server.worker.architectures import architecture_descriptions
+from gigaudit_server.worker.architectures import architecture_details
 from gigaudit_server.worker.health import HealthServer
 from gigaudit_server.worker.loop import STALL_TIMEOUT_S, Worker
 from gigaudit_server.worker.models import ModelCache
@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="worker name (default: host-pid-random)")
     parser.add_argument("--models", type=int, default=4, help="models kept resident (LRU, default 4)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per gig batch (default 32)")
+    parser.add_argument("--dataset-uri-allowlist", action="append", default=None, metavar="PREFIX",
+                        help="URI prefix datasets registered by URI are read from in place, repeatable (default: "
+                             "env GIGAUDIT_DATASET_URI_ALLOWLIST, a JSON list or comma-separated prefixes)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--redis-retry-s", type=float, default=DEFAULT_WINDOW_S,
                         help=f"how long a Redis outage is ridden out before a running job is given up "
@@ -109,7 +112,7 @@ def check_device(name: str) -> str:
 def build_worker(args: argparse.Namespace) -> Worker:
     store = ArtifactStore(args.store)
     models = ModelCache(store, capacity=args.models)
-    tasks = Tasks(store, args.device, models, batch_size=args.batch_size)
+    tasks = Tasks(store, args.device, models, batch_size=args.batch_size, allowlist=args.dataset_uri_allowlist)
     metrics = WorkerMetrics(new_registry(), device=args.device, models=models) if args.metrics_port else None
     # a socket timeout, so that a Redis that hangs (rather than refusing connections) is retried like one that is down
     client = redis.Redis.from_url(args.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
@@ -117,7 +120,7 @@ def build_worker(args: argparse.Namespace) -> Worker:
     queue = JobQueue(client, max_attempts=args.max_attempts, heartbeat_ttl=args.heartbeat_s,
                      finished_ttl=args.finished_ttl_s, dead_letter_ttl=args.dead_letter_ttl_s)
     catalog = Catalog(queue.redis)
-    catalog.publish_architectures(architecture_descriptions())  # for the torch-free API's checks and listing
+    catalog.publish_architectures(architecture_details())  # for the torch-free API's checks and listing
     plane = SimpleNamespace(catalog=catalog, queue=queue, store=store)  # what settling a finished job reads
     return Worker(queue, tasks.handlers(), tasks.reducers(), name=args.name, redis_retry_s=args.redis_retry_s,
                   checkpoint_s=args.checkpoint_s, stall_timeout_s=args.stall_timeout_s or None,
@@ -128,7 +131,7 @@ def serve(worker: Worker, args: argparse.Namespace) -> None:
     """Run ``worker`` until SIGTERM / SIGINT, answering the probes on ``--health-port`` (when given) meanwhile."""
     health = None
     if args.health_port is not None:
-        health = HealthServer(worker, architecture_descriptions(), args.health_host, args.health_port).start()
+        health = HealthServer(worker, architecture_details(), args.health_host, args.health_port).start()
         logging.getLogger(__name__).info("worker %s: /livez and /readyz on %s:%d", worker.name, args.health_host,
                                          health.port)
     metrics = None

@@ -2,8 +2,9 @@
 
 Layout (``storage.archives``): ``<name>/<image>`` for every probe image, and optionally ``<name>/masks/<image>``
 (same file name) marking where the concept is; a folder either gives every image a mask or none. Probe images are
-preprocessed exactly like the audit's images (``ArchiveImages`` with the model record's size and normalisation);
-masks are read as greyscale in ``[0, 1]`` and resized like their images.
+preprocessed exactly like the audit's images (``ArchiveImages`` with the model record's
+``gig.preprocessing.Preprocessing``); masks are read as greyscale in ``[0, 1]`` and resized and cropped like their
+images (bilinear).
 
 Before anything is resized, every probe image must have the size and colour mode of the audit images the probes are
 contrasted with (the ``negatives``): resizing a probe of another scale, or colouring a greyscale one, would name
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from gig.naming import ProbeSet
+from gig.preprocessing import Preprocessing
 from gigaudit_server.storage.archives import Archive, DatasetLimits, decode_image
 from gigaudit_server.worker.images import ArchiveImages
 
@@ -69,14 +71,12 @@ def load_probe_sets(path: str, record: dict, reference: ImageShape,
                     limits: DatasetLimits = DatasetLimits()) -> list[ProbeSet]:
     """The probe sets of the probe archive at ``path``, preprocessed like the model ``record``'s input, after the
     raw checks against ``reference`` (the audit images' :class:`ImageShape`)."""
-    size = record.get("input_size") or 224
-    size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-    data = ArchiveImages(path, size, record.get("mean") or [0.0] * 3, record.get("std") or [1.0] * 3,
-                         batch_size=64, limits=limits)
+    preprocessing = Preprocessing.from_record(record)
+    data = ArchiveImages(path, preprocessing, batch_size=64, limits=limits)
     if not data.class_names:
         raise ValueError("the probe dataset must hold one folder per named concept (name/image.png), not loose "
                          "images")
-    masks = _checked_masks(path, reference, size, limits)
+    masks = _checked_masks(path, reference, preprocessing, limits)
     images = torch.cat([batch[0] for batch in data])
     probes = []
     for index, name in enumerate(data.class_names):
@@ -101,7 +101,7 @@ def load_probe_sets(path: str, record: dict, reference: ImageShape,
     return probes
 
 
-def _checked_masks(path: str, reference: ImageShape, size: tuple[int, int],
+def _checked_masks(path: str, reference: ImageShape, preprocessing: Preprocessing,
                    limits: DatasetLimits) -> dict[str, torch.Tensor]:
     """One raw pass: check every probe image against ``reference``; return ``{image member: mask (H, W)}``."""
     sizes, masks = {}, {}
@@ -111,7 +111,7 @@ def _checked_masks(path: str, reference: ImageShape, size: tuple[int, int],
             folder = member.name.split("/")[0]
             if member.mask:
                 image_name = f"{folder}/{member.name.split('/')[-1]}"
-                grey = np.asarray(image.convert("L").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+                grey = np.asarray(preprocessing.resize_crop(image.convert("L"), "bilinear"), dtype=np.float32)
                 masks[image_name] = (torch.from_numpy(grey) / 255, (image.width, image.height), member.name)
                 continue
             sizes[member.name] = (image.width, image.height)

@@ -29,7 +29,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from functools import reduce
 
@@ -40,13 +40,17 @@ from gig.concepts import ConceptSet
 from gig.erf import erf, exemplar_crops
 from gig.layers import traced
 from gig.naming import label_graph, name_concepts
+from gig.preprocessing import Preprocessing
 from gigaudit.results import ConceptGraph as GraphView
 from gigaudit_server.queue import schemas
 from gigaudit_server.queue.jobs import Job, JobContext
 from gigaudit_server.storage import exemplars
 from gigaudit_server.storage.artifacts import ArtifactStore
+from gigaudit_server.storage import dataset_sources
+from gigaudit_server.storage.dataset_sources import content_digest
+from gigaudit_server.storage.samples import check_uri, worker_allowlist
 from gigaudit_server.worker.architectures import build_architecture
-from gigaudit_server.worker.images import ArchiveImages
+from gigaudit_server.worker.images import ArchiveImages, default_threads
 from gigaudit_server.worker.models import ModelCache
 from gigaudit_server.worker.probe_sets import load_probe_sets, negative_indices, raw_shape
 
@@ -86,8 +90,11 @@ class Tasks:
     """
 
     def __init__(self, store: ArtifactStore, device: str = "cpu", models: ModelCache | None = None, *,
-                 batch_size: int = 32, n_exemplars: int = 6, exemplar_concepts: int = 12):
+                 batch_size: int = 32, n_exemplars: int = 6, exemplar_concepts: int = 12,
+                 allowlist: Sequence[str] | None = None):
         self.store = store
+        # URI prefixes datasets are read from in place (the API's --dataset-uri-allowlist); None: the environment's
+        self.allowlist = list(allowlist) if allowlist is not None else worker_allowlist()
         self.device = torch.device(device)
         self.models = models if models is not None else ModelCache(store)
         self.batch_size = batch_size
@@ -99,7 +106,7 @@ class Tasks:
         handlers = {"validate_model": self.validate_model, "extract_concepts": self.extract_concepts,
                     "build_graph": self.build_graph, "audit": self.audit, "render_exemplars": self.render_exemplars,
                     "explain_image": self.explain_image,
-                    "list_layers": self.list_layers, "noop": self.noop}
+                    "list_layers": self.list_layers, "inspect_dataset": self.inspect_dataset, "noop": self.noop}
         return {kind: _checked_params(kind, handler) for kind, handler in handlers.items()}
 
     def reducers(self) -> dict:
@@ -107,31 +114,42 @@ class Tasks:
 
     # ------------------------------------------------------------------ handlers
     def validate_model(self, ctx: JobContext) -> dict:
-        """Load the weights strictly, run one image through the model, list its layers."""
+        """Load and check the weights, resolve the preprocessing (the request's, else the model's own configuration,
+        else input_size/mean/std, else defaults), run one input of that size through the model, list its layers."""
         record = ctx.job.params["model"]
-        model = self.models.get(record, self.device)
-        size = _size(record)
+        loaded = self.models.loaded(record, self.device)  # one cache lookup: the model and its own configuration
+        model = loaded.model
+        resolved = gig.preprocessing.resolve(record.get("preprocessing") or {}, loaded.config,
+                                             input_size=record.get("input_size") or 0, mean=record.get("mean") or (),
+                                             std=record.get("std") or ())
+        size = resolved.size
         with torch.no_grad():
             try:
                 logits = model(torch.zeros(1, 3, *size, device=self.device))
-            except RuntimeError as exc:
-                raise ValueError(f"the model fails on a 1x3x{size[0]}x{size[1]} input: {exc}") from exc
+            except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as exc:
+                raise ValueError(f"the model fails on a 1x3x{size[0]}x{size[1]} input ({resolved.describe()}): "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"the model returns {type(logits).__name__}, not a logits tensor")
         if tuple(logits.shape) != (1, record["num_classes"]):
             raise ValueError(f"the model returns shape {tuple(logits.shape)}, not (1, {record['num_classes']})")
-        return layer_listing(model)
+        return {**layer_listing(model), "preprocessing": resolved.to_dict(), "family": loaded.family}
 
     def list_layers(self, ctx: JobContext) -> dict:
         """The layer listing of an architecture built with random weights (ListLayers before any upload)."""
         params = ctx.job.params
         ctx.progress("list_layers", 0, 1)
-        listing = layer_listing(build_architecture(params["architecture"], params["num_classes"]))
+        model = build_architecture(params["architecture"], params["num_classes"], params.get("architecture_options"))
+        if any((params.get("tracer") or {}).values()):
+            gig.configure_tracing(model, params["tracer"])
+        listing = layer_listing(model)
         ctx.progress("list_layers", 1, 1)
         return listing
 
     def extract_concepts(self, ctx: JobContext) -> dict:
         params = ctx.job.params
         model = self.models.get(params["model"], self.device)
-        with self._dataset(params) as data:
+        with self._dataset(params, progress=ctx.progress) as data:
             concepts = self._extract(model, data, params, ctx.progress)
             result = self._store_concepts(concepts)
             shown = {layer: _top(lc.frequency * lc.mean_coefficient, self.exemplar_concepts)
@@ -178,7 +196,7 @@ class Tasks:
         graph_options = _options({**params, "method": params.get("quadrature")}, GRAPH_OPTIONS)
         clock = _StageClock()
         saved = ctx.checkpoint or {}
-        with self._dataset(params) as data:
+        with self._dataset(params, progress=ctx.progress) as data:
             probes, negatives = self._probe_sets(params, data)  # bad probes fail before any work is done
             concepts, result = self._checkpointed_concepts(saved)
             if concepts is None:
@@ -238,7 +256,7 @@ class Tasks:
             ctx.progress("exemplars", 1, 1)
             return {"exemplars_sha": params["exemplars_sha"], "rendered_concepts": exemplars.rendered_concepts(bundle)}
         model = self.models.get(params["model"], self.device)
-        with self._dataset(params) as data:
+        with self._dataset(params, progress=ctx.progress) as data:
             rendered = self._render_exemplars(model, concepts, data, params["model"], missing, ctx.progress,
                                               exemplars.read_bundle(bundle))
         return self._put_exemplars(rendered)
@@ -255,8 +273,7 @@ class Tasks:
         concepts = ConceptSet.from_bytes(self.store.read("concepts", params["concept_set_sha"]))
         graph = json.loads(self.store.read("graphs", params["graph_sha"]))
         with self._dataset_path(params["image_sha"]) as path:
-            images = ArchiveImages(path, _size(record), record.get("mean") or [0.0] * 3, record.get("std") or [1.0] * 3,
-                                   batch_size=1)
+            images = ArchiveImages(path, Preprocessing.from_record(record), batch_size=1, threads=1)
             if len(images.names) != 1:
                 raise ValueError(f"the image archive holds {len(images.names)} images, not one")
             image = images.select([0])[0].to(self.device)
@@ -264,8 +281,8 @@ class Tasks:
         options = {"target": params.get("target_class"), **_options(params, ("top_k",))}
         explanation = gig.explain(model, image, concepts, graph, class_names=_class_names(params) or None,
                                   **options)
-        picture = ((image.cpu() * torch.tensor(images.std).view(3, 1, 1) + torch.tensor(images.mean).view(3, 1, 1))
-                   .clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        picture = (Preprocessing.from_record(record).unnormalise(image.cpu()) * 255).round().to(torch.uint8) \
+            .permute(1, 2, 0).numpy()
         overlays = {layer: [[] for _ in range(lc.n_concepts)] for layer, lc in concepts.layers.items()}
         for segment in explanation["segments"]:
             for c in segment["contributions"]:
@@ -275,6 +292,27 @@ class Tasks:
         overlays_sha = self.store.put_bytes("exemplars", exemplars.write_bundle(overlays))
         ctx.progress("explain", 2, 2)
         return {"explanation": explanation_summary(explanation), "overlays_sha": overlays_sha}
+
+    def inspect_dataset(self, ctx: JobContext) -> dict:
+        """Inspect a dataset registered by URI where it is (never copied): the URI checked against this worker's
+        allow-list, every image read and checked, its classes and sizes found, its content digested (a file's
+        sha256; a folder's over its files' names, sizes and sha256s). The result holds the record's fields."""
+        params = ctx.job.params
+        uri, allowlist = params["uri"], self.allowlist
+        check_uri(uri, allowlist)
+        ctx.progress("inspect", 0, None)
+        info = dataset_sources.inspect_dataset(uri, image_column=params.get("image_column") or "",
+                               label_column=params.get("label_column") or "", allowlist=allowlist,
+                               threads=default_threads(), progress=lambda done, total: ctx.progress("inspect", done,
+                                                                                                   total))
+        ctx.progress("digest", 0, 1)
+        sha, size = content_digest(uri)
+        if params.get("sha256") and params["sha256"] != sha:
+            raise ValueError(f"the dataset at {uri!r} has the sha256 {sha}, not the {params['sha256']} given")
+        ctx.progress("digest", 1, 1)
+        return {"format": info.format, "n_images": info.n_images, "class_names": list(info.class_names),
+                "image_sizes": dict(info.image_sizes), "sha256": sha, "size_bytes": size,
+                "image_bytes": info.total_bytes}
 
     def noop(self, ctx: JobContext) -> dict:
         """Sleep ``params["sleep"]`` seconds in tenths, reporting progress (and honouring cancellation)."""
@@ -298,13 +336,34 @@ class Tasks:
         return probes, data.select(chosen)
 
     @contextlib.contextmanager
-    def _dataset(self, params: Mapping, start: int = 0, stop: int | None = None):
-        """Images ``[start, stop)`` of the job's dataset as streamed batches, labelled with the model's classes."""
+    def _dataset(self, params: Mapping, start: int = 0, stop: int | None = None, progress=None):
+        """Images ``[start, stop)`` of the job's dataset as streamed batches, preprocessed as the model expects and
+        labelled with the model's classes; a dataset registered by URI is read where it is (its URI checked against
+        this worker's allow-list). ``progress``: ``JobContext.progress``, told of the indexing pass ("decode").
+        Labels that are class indices (class names "0" … "n-1" of a WebDataset, parquet, HF dataset or manifest)
+        are the model's class indices; class names are matched by name."""
         record, dataset = params["model"], params["dataset"]
-        class_map = _class_map(dataset.get("class_names") or [], record.get("class_names") or [])
+        names = dataset.get("class_names") or []
+        indices = dataset["format"] not in ("tar", "zip") and names == [str(i) for i in range(len(names))]
+        class_map = None if indices else _class_map(names, record.get("class_names") or [])
+        allowlist = self.allowlist
+        with self._dataset_location(dataset, allowlist) as location:
+            yield ArchiveImages(
+                location, Preprocessing.from_record(record), format=dataset["format"],
+                image_column=dataset.get("image_column") or "", label_column=dataset.get("label_column") or "",
+                class_names=names, allowlist=allowlist, start=start, stop=stop, batch_size=self.batch_size,
+                class_map=class_map, expected_images=dataset.get("n_images"),
+                progress=None if progress is None else lambda done, total: progress("decode", done, total))
+
+    @contextlib.contextmanager
+    def _dataset_location(self, dataset: Mapping, allowlist: list[str]):
+        """Where the dataset is read: its URI (read in place, allow-list checked), else its stored artifact."""
+        if dataset.get("uri"):
+            check_uri(dataset["uri"], allowlist)
+            yield dataset["uri"]
+            return
         with self._dataset_path(dataset["sha256"]) as path:
-            yield ArchiveImages(path, _size(record), record.get("mean") or [0.0] * 3, record.get("std") or [1.0] * 3,
-                                start=start, stop=stop, batch_size=self.batch_size, class_map=class_map)
+            yield path
 
     @contextlib.contextmanager
     def _dataset_path(self, sha: str):
@@ -398,7 +457,7 @@ class Tasks:
         pairs = len(params.get("layers") or concepts.layers)  # units: images × layer pairs
         ctx.progress("graph", done * pairs, total * pairs)
         if done < total:
-            with self._dataset(params, start + done, stop) as data:
+            with self._dataset(params, start + done, stop, progress=ctx.progress) as data:
                 for batch in data:
                     def pair_done(stage, units, _, before=done * pairs):
                         if stage == "graph:fine" and units:
@@ -521,22 +580,26 @@ def explanation_summary(explanation: dict) -> dict:
 
 
 def layer_listing(model) -> dict:
-    """``{"layers": [{name, type, is_cut, reason, can_be_source}], "default_layers": [...]}`` of a model.
+    """``{"layers": [{name, type, is_cut, reason, capture, can_be_source}], "default_layers": [...]}`` of a model
+    (with the tracer options ``gig.configure_tracing`` attached to it).
 
-    ``can_be_source``: a cut whose output comes before the logits, so that something follows it to attribute to
-    (the classifier, whose output is the logits, is a cut but can be no analysed layer)."""
+    ``capture``: ``"fx"`` (a node of the traced graph) or ``"hook"`` (a forward hook: ``hooked_layers``, whose cuts
+    passed the replace-and-compare test, docs/tracing.md). ``can_be_source``: a cut whose output comes before the
+    logits, so that something follows it to attribute to (the classifier, whose output is the logits, is a cut
+    but can be no analysed layer)."""
     t = traced(model)
     try:
         default = gig.default_layers(model)
     except ValueError:  # no sensible default: the caller must name layers
         default = []
-    layers = [{**asdict(info), "can_be_source": t.can_be_source(info.name)} for info in gig.list_layers(model)]
+    layers = [{**asdict(info), "capture": info.capture, "can_be_source": t.can_be_source(info.name)}
+              for info in gig.list_layers(model)]
     return {"layers": layers, "default_layers": default}
 
 
 def _size(record: Mapping) -> tuple[int, int]:
-    size = record.get("input_size") or 224
-    return (size, size) if isinstance(size, int) else tuple(size)[-2:]
+    """``(height, width)`` of the model's input (its resolved preprocessing; a legacy record's input_size)."""
+    return Preprocessing.from_record(record).size
 
 
 def _class_map(dataset_classes: list[str], model_classes: list[str]) -> list[int] | None:
