@@ -123,7 +123,7 @@ def run(config: str, device: str, images: int | None, size: int | None, seed: in
     from gigaudit.client import _archive
     from gigaudit.report import report_data, write_report
     from gigaudit.results import ConceptGraph
-    from gigaudit_server.storage.archives import inspect_archive
+    from gigaudit_server.storage.datasets.archives import inspect_archive
     from gigaudit_server.worker.images import load_images
     from gigaudit_server.queue.jobs import Job
     from gigaudit_server.storage.artifacts import ArtifactStore

@@ -74,7 +74,7 @@ def run(architecture: str, n_images: int, size: int, metrics, seed: int, verbose
     from gig.synthetic import CLASS_NAMES
     from gigaudit.client import _archive
     from gigaudit_server.queue.jobs import Job
-    from gigaudit_server.storage.archives import inspect_archive
+    from gigaudit_server.storage.datasets.archives import inspect_archive
     from gigaudit_server.storage.artifacts import ArtifactStore
     from gigaudit_server.worker.images import load_images
     from gigaudit_server.worker.tasks import Tasks

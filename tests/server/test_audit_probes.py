@@ -147,7 +147,7 @@ def test_probe_datasets_are_checked_by_the_api(api):
 
 
 def test_a_probe_archive_with_masks_reads_as_an_ordinary_dataset_elsewhere(tmp_path):
-    from gigaudit_server.storage.archives import Archive, DatasetLimits, inspect_archive
+    from gigaudit_server.storage.datasets.archives import Archive, DatasetLimits, inspect_archive
 
     data = _tar(_part_probe(n=3))
     info = inspect_archive(io.BytesIO(data))

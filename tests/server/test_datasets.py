@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from gig.preprocessing import Preprocessing
-from gigaudit_server.storage.archives import DatasetLimits, inspect_archive
+from gigaudit_server.storage.datasets.archives import DatasetLimits, inspect_archive
 from gigaudit_server.worker.images import ArchiveImages, load_images
 
 
@@ -193,7 +193,7 @@ def test_not_an_archive():
 def test_inspect_is_torch_free(tmp_path):
     path = tmp_path / "d.tar"
     path.write_bytes(tar_of(LABELLED).getvalue())
-    code = ("import sys; from gigaudit_server.storage.archives import inspect_archive; "
+    code = ("import sys; from gigaudit_server.storage.datasets.archives import inspect_archive; "
             f"print(inspect_archive(open({str(path)!r}, 'rb')).n_images); assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

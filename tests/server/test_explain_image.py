@@ -158,7 +158,7 @@ def test_explain_image_through_the_service(server, redis_url, store, tmp_path, c
 def test_image_checks_of_the_api():
     """Size first (16 MiB), then decodability; a good image becomes a one-image zip the dataset reader accepts."""
     from gigaudit_server.api import audits, errors
-    from gigaudit_server.storage.archives import Archive, DatasetLimits
+    from gigaudit_server.storage.datasets.archives import Archive, DatasetLimits
 
     with pytest.raises(errors.ApiError) as info:
         audits._image_archive(b"\x89PNG" + b"\0" * (16 * 1024**2))

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import api_harness as h
 from gigaudit.v1 import admin_service_pb2, audit_service_pb2, dataset_service_pb2, model_service_pb2, probe_service_pb2
 from gigaudit_server.api import uploads
-from gigaudit_server.storage import archives as datasets
+from gigaudit_server.storage.datasets import archives as datasets
 
 C = grpc.StatusCode
 BAD, MISSING = C.INVALID_ARGUMENT, C.NOT_FOUND

@@ -26,7 +26,7 @@ from gig.synthetic import ASSETS, CLASS_NAMES, make_parts_dataset, parts_archive
 from gigaudit.report import build_report
 from gigaudit_server.queue.jobs import JobCancelled, JobQueue, JobState
 from gigaudit_server.storage import exemplars
-from gigaudit_server.storage.archives import inspect_archive
+from gigaudit_server.storage.datasets.archives import inspect_archive
 from gigaudit_server.storage.artifacts import ArtifactStore
 from gigaudit_server.worker import tasks as tasks_module
 from gigaudit_server.worker.images import load_images

@@ -14,7 +14,8 @@ from gigaudit.v1 import audit_service_pb2 as audit_pb
 from gigaudit.v1 import audit_service_pb2_grpc as audit_grpc
 from gigaudit_server.api import errors, lifecycle, names, operations, ownership, resources
 from gigaudit_server.queue import schemas
-from gigaudit_server.storage import archives, exemplars, settlement
+from gigaudit_server.storage import exemplars, settlement
+from gigaudit_server.storage.datasets import archives
 
 MAX_CONCEPTS = 65_536
 MAX_SHARDS = 64

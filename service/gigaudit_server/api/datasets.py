@@ -11,7 +11,8 @@ from gigaudit.v1 import dataset_service_pb2 as dataset_pb
 from gigaudit.v1 import dataset_service_pb2_grpc as dataset_grpc
 from gigaudit_server.api import errors, idempotency, lifecycle, names, ownership, resources, uploaded, uploads
 from gigaudit_server.queue import schemas
-from gigaudit_server.storage import archives, dataset_sources, samples, settlement
+from gigaudit_server.storage import settlement
+from gigaudit_server.storage.datasets import archives, samples, sources
 
 _UPLOAD = "/gigaudit.v1.DatasetService/UploadDataset"
 _REGISTER = "/gigaudit.v1.DatasetService/RegisterDataset"
@@ -119,11 +120,11 @@ class DatasetServicer(dataset_grpc.DatasetServiceServicer):
         def make_record(stored_size: int) -> dict:
             location = store.fs.unstrip_protocol(store.path("datasets", spec.sha256))
             try:
-                format = dataset_sources.detect_format(location, limits)
-                if format in dataset_sources.MANIFESTS:
+                format = sources.detect_format(location, limits)
+                if format in sources.MANIFESTS:
                     raise errors.invalid_argument({"chunk": "a manifest of image URIs is read where its images "
                                                             "are: register it by URI (RegisterDataset)"})
-                info = dataset_sources.inspect_dataset(location, limits, format=format,
+                info = sources.inspect_dataset(location, limits, format=format,
                                                        image_column=spec.image_column,
                                                        label_column=spec.label_column, threads=INSPECT_THREADS)
             except archives.LimitExceeded as exc:

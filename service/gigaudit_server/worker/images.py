@@ -1,6 +1,6 @@
 """Datasets as batches of model inputs (worker side), decoded on demand, in parallel and in order.
 
-Every format of :mod:`gigaudit_server.storage.dataset_sources` (ImageFolder tar/zip, WebDataset shards, parquet,
+Every format of :mod:`gigaudit_server.storage.datasets.sources` (ImageFolder tar/zip, WebDataset shards, parquet,
 saved Hugging Face datasets, manifests of image URIs), uploaded or read in place, goes through its reader's checks
 (paths, links, sizes, bombs, allow-list). An image's id is its position in the dataset's order, and every pass
 reads the data sequentially; images are decoded and preprocessed (``gig.preprocessing.Preprocessing``, the one
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from gig.preprocessing import Preprocessing
-from gigaudit_server.storage.archives import DatasetLimits, decode_image
-from gigaudit_server.storage.dataset_sources import detect_format, open_dataset
-from gigaudit_server.storage.parallel import ordered_map
-from gigaudit_server.storage.samples import Labels, label_index
+from gigaudit_server.storage.datasets.archives import DatasetLimits, decode_image
+from gigaudit_server.storage.datasets.sources import detect_format, open_dataset
+from gigaudit_server.storage.datasets.parallel import ordered_map
+from gigaudit_server.storage.datasets.samples import Labels, label_index
 
 PROGRESS_EVERY = 64  # images between progress reports of an indexing pass
 
@@ -37,7 +37,7 @@ def default_threads() -> int:
 class ArchiveImages:
     """Images ``[start, stop)`` of the dataset at ``location`` as re-iterable batches, decoded on demand.
 
-    ``location``: a local path or an fsspec URI; ``format``: one of ``dataset_sources.FORMATS`` (``None``:
+    ``location``: a local path or an fsspec URI; ``format``: one of ``sources.FORMATS`` (``None``:
     detected from the content, one extra pass). Iterating yields ``images`` ``(B, 3, H, W)`` or
     ``(images, labels)`` batches of ``batch_size``, each image ``preprocessing(image)``. ``labels`` are positions
     in ``class_names`` (the registered dataset's; ``None``: found by this pass), or ``class_map[position]`` when a

@@ -21,7 +21,7 @@ from PIL import Image
 
 from gig.naming import ProbeSet
 from gig.preprocessing import Preprocessing
-from gigaudit_server.storage.archives import Archive, DatasetLimits, decode_image
+from gigaudit_server.storage.datasets.archives import Archive, DatasetLimits, decode_image
 from gigaudit_server.worker.images import ArchiveImages
 
 #: Audit images the probes are contrasted with (evenly spaced over the dataset).

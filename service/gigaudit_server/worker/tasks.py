@@ -46,9 +46,9 @@ from gigaudit_server.queue import schemas
 from gigaudit_server.queue.jobs import Job, JobContext
 from gigaudit_server.storage import exemplars
 from gigaudit_server.storage.artifacts import ArtifactStore
-from gigaudit_server.storage import dataset_sources
-from gigaudit_server.storage.dataset_sources import content_digest
-from gigaudit_server.storage.samples import check_uri, worker_allowlist
+from gigaudit_server.storage.datasets import sources
+from gigaudit_server.storage.datasets.sources import content_digest
+from gigaudit_server.storage.datasets.samples import check_uri, worker_allowlist
 from gigaudit_server.worker.architectures import build_architecture
 from gigaudit_server.worker.images import ArchiveImages, default_threads
 from gigaudit_server.worker.models import ModelCache
@@ -301,7 +301,7 @@ class Tasks:
         uri, allowlist = params["uri"], self.allowlist
         check_uri(uri, allowlist)
         ctx.progress("inspect", 0, None)
-        info = dataset_sources.inspect_dataset(uri, image_column=params.get("image_column") or "",
+        info = sources.inspect_dataset(uri, image_column=params.get("image_column") or "",
                                label_column=params.get("label_column") or "", allowlist=allowlist,
                                threads=default_threads(), progress=lambda done, total: ctx.progress("inspect", done,
                                                                                                    total))

@@ -22,7 +22,7 @@ import gig
 from gig.synthetic import ASSETS, parts_archive
 from gigaudit_server import keys
 from gigaudit_server.queue.jobs import JobQueue, JobState
-from gigaudit_server.storage.archives import inspect_archive
+from gigaudit_server.storage.datasets.archives import inspect_archive
 from gigaudit_server.storage.artifacts import ArtifactStore
 from gigaudit_server.worker.loop import Worker
 from gigaudit_server.worker.tasks import Tasks

@@ -14,7 +14,7 @@ import zipfile
 import bad_inputs
 import pytest
 
-from gigaudit_server.storage.archives import DatasetLimits, LimitExceeded, inspect_archive
+from gigaudit_server.storage.datasets.archives import DatasetLimits, LimitExceeded, inspect_archive
 
 MiB = 1024**2
 COMPRESS = {"gz": lambda d: gzip.compress(d, mtime=0), "bz2": bz2.compress, "xz": lambda d: lzma.compress(d, preset=0)}

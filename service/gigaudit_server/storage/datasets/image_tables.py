@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-from gigaudit_server.storage.archives import DatasetLimits, check_image_size
-from gigaudit_server.storage.samples import Sample
+from gigaudit_server.storage.datasets.archives import DatasetLimits, check_image_size
+from gigaudit_server.storage.datasets.samples import Sample
 
 IMAGE_COLUMNS = ("image", "img", "image_uri", "uri", "path", "file")
 LABEL_COLUMNS = ("label", "labels", "cls", "class")

@@ -1,5 +1,5 @@
 """Every dataset format behind one interface (torch-free): detect the format from content, read the samples,
-inspect a dataset into a :class:`~gigaudit_server.storage.archives.DatasetInfo`, digest data read in place.
+inspect a dataset into a :class:`~gigaudit_server.storage.datasets.archives.DatasetInfo`, digest data read in place.
 
 Formats (``FORMATS``) and where they come from:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-from gigaudit_server.storage.archives import (
+from gigaudit_server.storage.datasets.archives import (
     IMAGE_EXTENSIONS,
     Archive,
     DatasetInfo,
@@ -30,13 +30,13 @@ from gigaudit_server.storage.archives import (
     decode_image,
     inspect_archive,
 )
-from gigaudit_server.storage.hf_saved import DICT, MARKERS, HFSavedReader
-from gigaudit_server.storage.manifests import ManifestReader
-from gigaudit_server.storage.parallel import ordered_map
-from gigaudit_server.storage.parquet_files import MAGIC as PARQUET_MAGIC
-from gigaudit_server.storage.parquet_files import ParquetReader
-from gigaudit_server.storage.samples import Labels, Sample, check_not_link, filesystem
-from gigaudit_server.storage.webdataset_shards import WebDatasetReader, is_webdataset_member
+from gigaudit_server.storage.datasets.hf_saved import DICT, MARKERS, HFSavedReader
+from gigaudit_server.storage.datasets.manifests import ManifestReader
+from gigaudit_server.storage.datasets.parallel import ordered_map
+from gigaudit_server.storage.datasets.parquet_files import MAGIC as PARQUET_MAGIC
+from gigaudit_server.storage.datasets.parquet_files import ParquetReader
+from gigaudit_server.storage.datasets.samples import Labels, Sample, check_not_link, filesystem
+from gigaudit_server.storage.datasets.webdataset_shards import WebDatasetReader, is_webdataset_member
 
 FORMATS = ("tar", "zip", "webdataset", "parquet", "hf_dataset", "csv_manifest", "jsonl_manifest")
 MANIFESTS = ("csv_manifest", "jsonl_manifest")

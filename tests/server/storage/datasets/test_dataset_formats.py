@@ -11,9 +11,9 @@ import torch
 
 import dataset_fixtures as F
 from gig.preprocessing import Preprocessing
-from gigaudit_server.storage import dataset_sources as sources
-from gigaudit_server.storage.archives import DatasetLimits, LimitExceeded
-from gigaudit_server.storage.samples import NotAllowed
+from gigaudit_server.storage.datasets import sources
+from gigaudit_server.storage.datasets.archives import DatasetLimits, LimitExceeded
+from gigaudit_server.storage.datasets.samples import NotAllowed
 from gigaudit_server.worker.images import ArchiveImages
 
 PRE = Preprocessing(8, 8, resize_mode="shorter_side_crop", interpolation="bicubic", mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -3,8 +3,8 @@
 ``datasets`` (no code of the dataset runs).
 
 The folder is read where it is (by URI), or from a tar or zip of it (uploaded), through the archive checks of
-:mod:`~gigaudit_server.storage.archives` (paths, links, sizes, counts). The Arrow files are read one record batch at
-a time through a :class:`~gigaudit_server.storage.archives.BoundedReader`, so no batch may claim more than
+:mod:`~gigaudit_server.storage.datasets.archives` (paths, links, sizes, counts). The Arrow files are read one record batch at
+a time through a :class:`~gigaudit_server.storage.datasets.archives.BoundedReader`, so no batch may claim more than
 ``DatasetLimits.max_block_bytes``. Class names come from the ``ClassLabel`` feature in ``dataset_info.json``. A
 ``DatasetDict`` (``dataset_dict.json``, one folder per split) is refused: register one split's folder.
 """
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from gigaudit_server.storage.archives import Archive, BoundedReader, DatasetLimits, LimitExceeded
-from gigaudit_server.storage.image_tables import choose_columns, class_label_names, table_samples
-from gigaudit_server.storage.samples import MAX_SIDE_FILE_BYTES, Sample, check_not_link, read_side_file
+from gigaudit_server.storage.datasets.archives import Archive, BoundedReader, DatasetLimits, LimitExceeded
+from gigaudit_server.storage.datasets.image_tables import choose_columns, class_label_names, table_samples
+from gigaudit_server.storage.datasets.samples import MAX_SIDE_FILE_BYTES, Sample, check_not_link, read_side_file
 
 INFO, STATE, DICT = "dataset_info.json", "state.json", "dataset_dict.json"
 MARKERS = (INFO, STATE)

@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from gigaudit_server.storage.archives import DatasetLimits, LimitExceeded, check_image_size
-from gigaudit_server.storage.image_tables import IMAGE_COLUMNS, LABEL_COLUMNS
-from gigaudit_server.storage.samples import NotAllowed, Sample, check_not_link, filesystem, uri_allowed
+from gigaudit_server.storage.datasets.archives import DatasetLimits, LimitExceeded, check_image_size
+from gigaudit_server.storage.datasets.image_tables import IMAGE_COLUMNS, LABEL_COLUMNS
+from gigaudit_server.storage.datasets.samples import NotAllowed, Sample, check_not_link, filesystem, uri_allowed
 
 MAX_LINE_BYTES = 64 * 1024
 SHOWN = 5  # offending URIs listed in an error

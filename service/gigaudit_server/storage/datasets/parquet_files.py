@@ -3,7 +3,7 @@
 Before any row is read, the footer's length, the number of rows and, per row group, the bytes of the columns read
 (their declared uncompressed size) are checked against the limits, so memory stays bounded by one row group
 (``DatasetLimits.max_block_bytes``) whatever the file holds. Every image passes the checks of
-:mod:`~gigaudit_server.storage.archives` (bytes, pixels, decoding).
+:mod:`~gigaudit_server.storage.datasets.archives` (bytes, pixels, decoding).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 
 import pyarrow.parquet as pq
 
-from gigaudit_server.storage.archives import MAX_ZIP_DIRECTORY_BYTES, DatasetLimits, LimitExceeded
-from gigaudit_server.storage.image_tables import choose_columns, class_label_names, hf_features, table_samples
-from gigaudit_server.storage.samples import Sample, check_not_link
+from gigaudit_server.storage.datasets.archives import MAX_ZIP_DIRECTORY_BYTES, DatasetLimits, LimitExceeded
+from gigaudit_server.storage.datasets.image_tables import choose_columns, class_label_names, hf_features, table_samples
+from gigaudit_server.storage.datasets.samples import Sample, check_not_link
 
 MAGIC = b"PAR1"
 BATCH_ROWS = 64

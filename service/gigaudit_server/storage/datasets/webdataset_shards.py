@@ -3,7 +3,7 @@ bmp, jpeg) and ``key.cls`` (the class index as text); other members of a sample 
 checked and passed over.
 
 A key is the member's path up to the first dot of its file name (the WebDataset convention). Every shard is read
-as an archive by :mod:`~gigaudit_server.storage.archives` (paths, links, sizes, counts, damage); the members of a
+as an archive by :mod:`~gigaudit_server.storage.datasets.archives` (paths, links, sizes, counts, damage); the members of a
 sample must be consecutive, and a sample holds one image. Labels are class indices: the dataset's class names are
 ``"0" … str(largest index)`` (a name's position is its index).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from gigaudit_server.storage.archives import IMAGE_EXTENSIONS, Archive, DatasetLimits, LimitExceeded, check_image_size
-from gigaudit_server.storage.samples import Sample, check_not_link
+from gigaudit_server.storage.datasets.archives import IMAGE_EXTENSIONS, Archive, DatasetLimits, LimitExceeded, check_image_size
+from gigaudit_server.storage.datasets.samples import Sample, check_not_link
 
 IMAGE_KEYS = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 MAX_CLS_BYTES = 64
