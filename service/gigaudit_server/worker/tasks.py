@@ -298,13 +298,13 @@ class Tasks:
         allow-list, every image read and checked, its classes and sizes found, its content digested (a file's
         sha256; a folder's over its files' names, sizes and sha256s). The result holds the record's fields."""
         params = ctx.job.params
-        uri, allowlist = params["uri"], self.allowlist
-        check_uri(uri, allowlist)
+        uri = params["uri"]
+        check_uri(uri, self.allowlist)
         ctx.progress("inspect", 0, None)
         info = sources.inspect_dataset(uri, image_column=params.get("image_column") or "",
-                               label_column=params.get("label_column") or "", allowlist=allowlist,
-                               threads=default_threads(), progress=lambda done, total: ctx.progress("inspect", done,
-                                                                                                   total))
+                                       label_column=params.get("label_column") or "", allowlist=self.allowlist,
+                                       threads=default_threads(),
+                                       progress=lambda done, total: ctx.progress("inspect", done, total))
         ctx.progress("digest", 0, 1)
         sha, size = content_digest(uri)
         if params.get("sha256") and params["sha256"] != sha:
@@ -346,20 +346,19 @@ class Tasks:
         names = dataset.get("class_names") or []
         indices = dataset["format"] not in ("tar", "zip") and names == [str(i) for i in range(len(names))]
         class_map = None if indices else _class_map(names, record.get("class_names") or [])
-        allowlist = self.allowlist
-        with self._dataset_location(dataset, allowlist) as location:
+        with self._dataset_location(dataset) as location:
             yield ArchiveImages(
                 location, Preprocessing.from_record(record), format=dataset["format"],
                 image_column=dataset.get("image_column") or "", label_column=dataset.get("label_column") or "",
-                class_names=names, allowlist=allowlist, start=start, stop=stop, batch_size=self.batch_size,
+                class_names=names, allowlist=self.allowlist, start=start, stop=stop, batch_size=self.batch_size,
                 class_map=class_map, expected_images=dataset.get("n_images"),
                 progress=None if progress is None else lambda done, total: progress("decode", done, total))
 
     @contextlib.contextmanager
-    def _dataset_location(self, dataset: Mapping, allowlist: list[str]):
+    def _dataset_location(self, dataset: Mapping):
         """Where the dataset is read: its URI (read in place, allow-list checked), else its stored artifact."""
         if dataset.get("uri"):
-            check_uri(dataset["uri"], allowlist)
+            check_uri(dataset["uri"], self.allowlist)
             yield dataset["uri"]
             return
         with self._dataset_path(dataset["sha256"]) as path:
@@ -592,14 +591,8 @@ def layer_listing(model) -> dict:
         default = gig.default_layers(model)
     except ValueError:  # no sensible default: the caller must name layers
         default = []
-    layers = [{**asdict(info), "capture": info.capture, "can_be_source": t.can_be_source(info.name)}
-              for info in gig.list_layers(model)]
+    layers = [{**asdict(info), "can_be_source": t.can_be_source(info.name)} for info in gig.list_layers(model)]
     return {"layers": layers, "default_layers": default}
-
-
-def _size(record: Mapping) -> tuple[int, int]:
-    """``(height, width)`` of the model's input (its resolved preprocessing; a legacy record's input_size)."""
-    return Preprocessing.from_record(record).size
 
 
 def _class_map(dataset_classes: list[str], model_classes: list[str]) -> list[int] | None:
